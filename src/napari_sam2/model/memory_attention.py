@@ -1,0 +1,179 @@
+"""SAM 2 memory attention: conditions the current frame's features on the memory bank.
+
+Four pre-norm transformer layers. Each does self-attention over the current frame's 64 x 64 tokens,
+cross-attention from those tokens to the memory (spatial memories of earlier frames, 64 channels each,
+followed by object-pointer tokens), and a ReLU feed-forward network. Positions enter through 2-D RoPE on
+queries and keys; the memory keys additionally get their sine + temporal position encoding added.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rope import axial_rope_table, rotate_pairs
+
+
+class RoPEAttention(nn.Module):
+    """Multi-head attention with 2-D axial RoPE on queries and keys.
+
+    Queries are assumed to be the tokens of a square grid (row-major), or of ``feat_sizes`` (width, height)
+    when their count matches it. With ``rope_k_repeat`` the keys may be several such grids one after the
+    other (several memory frames); each repeats the query positions. The last ``num_k_exclude_rope`` keys
+    (object pointers, which have no spatial position) are left unrotated.
+    """
+
+    def __init__(self, embedding_dim: int = 256, num_heads: int = 1, downsample_rate: int = 1,
+                 rope_theta: float = 10000.0, rope_k_repeat: bool = False,
+                 feat_sizes: tuple[int, int] = (64, 64), kv_in_dim: int | None = None) -> None:
+        super().__init__()
+        internal_dim = embedding_dim // downsample_rate
+        if internal_dim % num_heads:
+            raise ValueError(f"num_heads {num_heads} must divide the internal dim {internal_dim}")
+        kv_in_dim = embedding_dim if kv_in_dim is None else kv_in_dim
+        self.num_heads = num_heads
+        self.head_dim = internal_dim // num_heads
+        self.rope_theta = rope_theta
+        self.rope_k_repeat = rope_k_repeat
+        self.feat_sizes = (int(feat_sizes[0]), int(feat_sizes[1]))
+        self.q_proj = nn.Linear(embedding_dim, internal_dim)
+        self.k_proj = nn.Linear(kv_in_dim, internal_dim)
+        self.v_proj = nn.Linear(kv_in_dim, internal_dim)
+        self.out_proj = nn.Linear(internal_dim, embedding_dim)
+        # (width, height, device) -> float32 (cos, sin); not part of the state dict.
+        self._rope_cache: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
+
+    def _grid_size(self, num_tokens: int) -> tuple[int, int]:
+        """(width, height) of the token grid the queries come from."""
+        if num_tokens == self.feat_sizes[0] * self.feat_sizes[1]:
+            return self.feat_sizes
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens:
+            raise ValueError(f"RoPE needs a square token grid, got {num_tokens} query tokens")
+        return side, side
+
+    def rope_table(self, num_tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Cached (cos, sin) tables, (num_tokens, head_dim // 2) float32, for the query grid."""
+        width, height = self._grid_size(num_tokens)
+        key = (width, height, str(device))
+        table = self._rope_cache.get(key)
+        if table is None:
+            table = axial_rope_table(self.head_dim, width, height, self.rope_theta, device)
+            self._rope_cache[key] = table
+        return table
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """(B, N, C) -> (B, heads, N, C / heads)."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def _apply_rope(self, q: Tensor, k: Tensor, num_k_exclude_rope: int) -> tuple[Tensor, Tensor]:
+        """Rotate q, and all keys but the last ``num_k_exclude_rope``, by their grid positions."""
+        num_q, num_k = q.shape[-2], k.shape[-2]
+        cos, sin = self.rope_table(num_q, q.device)
+        q = rotate_pairs(q, cos, sin)
+
+        num_k_rope = num_k - num_k_exclude_rope
+        if num_k_rope <= 0:
+            return q, k
+        if num_k_rope != num_q:
+            if not self.rope_k_repeat or num_k_rope % num_q:
+                raise ValueError(f"cannot give RoPE positions of {num_q} queries to {num_k_rope} keys "
+                                 f"(rope_k_repeat={self.rope_k_repeat})")
+            repeats = num_k_rope // num_q
+            cos, sin = cos.repeat(repeats, 1), sin.repeat(repeats, 1)
+        k_rope = rotate_pairs(k[..., :num_k_rope, :], cos, sin)
+        if num_k_exclude_rope > 0:
+            k_rope = torch.cat([k_rope, k[..., num_k_rope:, :]], dim=-2)
+        return q, k_rope
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0) -> Tensor:
+        """Attend batch-first queries (B, Nq, C) to keys/values (B, Nk, kv_in_dim); returns (B, Nq, C)."""
+        q = self._split_heads(self.q_proj(q))
+        k = self._split_heads(self.k_proj(k))
+        v = self._split_heads(self.v_proj(v))
+        q, k = self._apply_rope(q, k, num_k_exclude_rope)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).flatten(-2))
+
+
+class MemoryAttentionLayer(nn.Module):
+    """Pre-norm layer: RoPE self-attention, RoPE cross-attention to the memory, ReLU feed-forward.
+
+    SAM 2 setting: no position encoding is added to the self-attention inputs or to the cross-attention
+    queries; the memory position encoding is added to the cross-attention keys only. Dropout (training
+    only) is omitted.
+    """
+
+    def __init__(self, d_model: int = 256, dim_feedforward: int = 2048, kv_in_dim: int = 64,
+                 feat_sizes: tuple[int, int] = (64, 64), rope_theta: float = 10000.0) -> None:
+        super().__init__()
+        self.self_attn = RoPEAttention(d_model, num_heads=1, rope_theta=rope_theta, feat_sizes=feat_sizes)
+        self.cross_attn_image = RoPEAttention(d_model, num_heads=1, rope_theta=rope_theta,
+                                              rope_k_repeat=True, feat_sizes=feat_sizes,
+                                              kv_in_dim=kv_in_dim)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor | None = None,
+                num_k_exclude_rope: int = 0) -> Tensor:
+        """Update batch-first tokens ``tgt`` (B, N, d_model) from ``memory`` (B, M, kv_in_dim).
+
+        ``pos`` is the memory's position encoding (B, M, kv_in_dim); the last ``num_k_exclude_rope``
+        memory tokens are object pointers and get no RoPE.
+        """
+        x = self.norm1(tgt)
+        tgt = tgt + self.self_attn(x, x, x)
+
+        x = self.norm2(tgt)
+        keys = memory if pos is None else memory + pos
+        tgt = tgt + self.cross_attn_image(x, keys, memory, num_k_exclude_rope=num_k_exclude_rope)
+
+        x = self.norm3(tgt)
+        return tgt + self.linear2(F.relu(self.linear1(x)))
+
+
+class MemoryAttention(nn.Module):
+    """The stack of memory-attention layers plus a final LayerNorm (SAM 2 / 2.1 configuration)."""
+
+    def __init__(self, d_model: int = 256, num_layers: int = 4) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.layers = nn.ModuleList(MemoryAttentionLayer(d_model) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, curr: Tensor | list[Tensor], memory: Tensor,
+                curr_pos: Tensor | list[Tensor] | None = None, memory_pos: Tensor | None = None,
+                num_obj_ptr_tokens: int = 0) -> Tensor:
+        """Condition the current frame on the memory.
+
+        Args:
+            curr: (HW, B, d_model) current-frame tokens, sequence-first (a one-element list is accepted).
+            memory: (M, B, 64) memory tokens, sequence-first: spatial memories, then pointer tokens.
+            curr_pos: (HW, B, d_model) position encoding of ``curr``; 0.1 x it is added at the input.
+            memory_pos: (M, B, 64) position encoding of the memory, added to the cross-attention keys.
+            num_obj_ptr_tokens: how many trailing memory tokens are object-pointer tokens (no RoPE).
+
+        Returns:
+            (HW, B, d_model) conditioned tokens, sequence-first.
+        """
+        if isinstance(curr, (list, tuple)):
+            (curr,) = curr
+        if isinstance(curr_pos, (list, tuple)):
+            (curr_pos,) = curr_pos
+        if curr.shape[1] != memory.shape[1]:
+            raise ValueError(f"batch sizes differ: curr {curr.shape[1]} vs memory {memory.shape[1]}")
+
+        x = curr if curr_pos is None else curr + 0.1 * curr_pos
+        # Memories may be stored at lower precision (bf16); compute in the features' dtype.
+        memory = memory.to(x.dtype).transpose(0, 1)
+        memory_pos = None if memory_pos is None else memory_pos.to(x.dtype).transpose(0, 1)
+        x = x.transpose(0, 1)
+        for layer in self.layers:
+            x = layer(x, memory, memory_pos, num_k_exclude_rope=num_obj_ptr_tokens)
+        return self.norm(x).transpose(0, 1)
