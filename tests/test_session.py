@@ -1,0 +1,204 @@
+"""TrackingSession behaviour that needs no reference: lazy frames, bad input, cancel, bounded memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam2 import FrameError, TrackingSession, UnknownObjectError, build_model, labels_from_logits
+from napari_sam2.model.sam2 import NO_OBJECT_SCORE
+from reference_support import randomize_state_dict
+
+IMAGE_SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A small SAM 2.1 tiny with random weights whose objects 'appear' (high object-score bias)."""
+    torch.manual_seed(0)
+    m = build_model("sam2.1_hiera_t", image_size=IMAGE_SIZE, device="cpu")
+    m.load_state_dict(randomize_state_dict(m.state_dict(), seed=0), strict=True)
+    return m
+
+
+def cells_movie(num_frames: int = 6, shape=(96, 80), dtype=np.uint16, peak: float = 3000.0) -> np.ndarray:
+    """(T, Y, X) movie with a bright blob drifting down-right over a dim noisy background."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    frames = []
+    for t in range(num_frames):
+        cy, cx = 30 + 3 * t, 25 + 2 * t
+        img = 300 + rng.normal(0, 20, shape) + peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 200)
+        frames.append(img)
+    return np.stack(frames).astype(dtype)
+
+
+class CountingFrames:
+    """An array-like that counts per-frame reads and refuses to be converted as a whole."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data = data
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+        self.reads: list[int] = []
+
+    def __getitem__(self, index):
+        if not isinstance(index, (int, np.integer)):
+            raise AssertionError(f"only single frames may be read, got index {index!r}")
+        self.reads.append(int(index))
+        return self._data[index]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole stack must never be materialised")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def test_tracking_reads_each_frame_once_and_never_the_stack(model):
+    frames = CountingFrames(cells_movie(12))
+    session = TrackingSession(model, frames)
+    sampled = len(frames.reads)
+    assert sampled <= 8  # intensity range from a sample of frames
+    session.add_points(0, 1, [[30, 25]], [1])
+    tracked = [t for t, _, _ in session.propagate()]
+    assert tracked == list(range(12))
+    tracking_reads = frames.reads[sampled:]
+    assert sorted(tracking_reads) == list(range(12))  # O(N): every frame exactly once
+    assert session.features.encodes == 12
+
+
+def test_16bit_intensities_are_not_clipped(model):
+    """A movie and the same movie x10 (values up to ~33000) give identical results: nothing is clipped
+    at 255 and the robust range follows the data."""
+    movie = cells_movie(3, peak=3000.0)
+    outputs = []
+    for data in (movie, movie * 10):
+        assert data.max() > 255
+        session = TrackingSession(model, data)
+        outputs.append(session.add_points(0, 1, [[30, 25]], [1])[2])
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-4)
+    clipped = TrackingSession(model, np.minimum(movie * 10, 255).astype(np.uint16))
+    assert np.abs(clipped.add_points(0, 1, [[30, 25]], [1])[2] - outputs[0]).max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+def test_integer_and_float_movies_track(model, dtype):
+    movie = cells_movie(3, peak=200.0 if dtype == np.uint8 else 3000.0).astype(dtype)
+    session = TrackingSession(model, movie)
+    session.add_points(0, 1, [[30, 25]], [1])
+    results = list(session.propagate())
+    assert [r[0] for r in results] == [0, 1, 2]
+    assert all(r[2].shape == (1, 96, 80) and r[2].dtype == np.float32 for r in results)
+
+
+def test_bad_input_raises_clear_errors_and_leaves_session_usable(model):
+    with pytest.raises(FrameError, match=r"\(T, Y, X\)"):
+        TrackingSession(model, np.zeros((96, 80)))
+    movie = cells_movie(5).astype(np.float32)
+    movie[3, 10, 10] = np.nan
+    session = TrackingSession(model, movie)
+    session.add_points(0, 1, [[30, 25]], [1])
+    before = session.frame_logits(0)[1].copy()
+    cases = [
+        (FrameError, "out of range", lambda: session.add_points(5, 1, [[30, 25]], [1])),
+        (FrameError, "out of range", lambda: session.add_points(-1, 1, [[30, 25]], [1])),
+        (ValueError, "outside the frame", lambda: session.add_points(0, 1, [[96.2, 25]], [1])),
+        (ValueError, "outside the frame", lambda: session.add_points(0, 2, [[10, -3]], [1])),
+        (ValueError, "empty", lambda: session.add_points(0, 1, np.zeros((0, 2)), [])),
+        (ValueError, "one entry per point", lambda: session.add_points(0, 1, [[3, 4], [5, 6]], [1])),
+        (ValueError, "1 \\(positive\\) or 0", lambda: session.add_points(0, 1, [[3, 4]], [2])),
+        (ValueError, "NaN", lambda: session.add_points(0, 1, [[np.nan, 4]], [1])),
+        (ValueError, "obj_id", lambda: session.add_points(0, 0, [[3, 4]], [1])),
+        (ValueError, "obj_id", lambda: session.add_points(0, "cell", [[3, 4]], [1])),
+        (UnknownObjectError, "unknown object id 9", lambda: session.clear_prompts(0, 9)),
+        (UnknownObjectError, "unknown object id 9", lambda: session.remove_object(9)),
+        (FrameError, "frame 3 contains NaN", lambda: session.add_points(3, 2, [[30, 25]], [1])),
+        (ValueError, "mask must have the frame's shape", lambda: session.add_mask(0, 2, np.ones((5, 5), bool))),
+        (ValueError, "zero height or width", lambda: session.add_box(0, 2, (10, 10, 10, 40))),
+        (ValueError, "direction", lambda: session.propagate(direction="sideways")),
+        (ValueError, "max_frames", lambda: session.propagate(max_frames=-1)),
+    ]
+    for error, message, call in cases:
+        with pytest.raises(error, match=message):
+            call()
+    # Nothing above changed the session: one object, same result on frame 0, and it still tracks.
+    assert session.obj_ids == [1]
+    np.testing.assert_array_equal(session.frame_logits(0)[1], before)
+    assert [t for t, _, _ in session.propagate(max_frames=2)] == [0, 1, 2]
+    with pytest.raises(FrameError, match="frame 3"):
+        list(session.propagate(start=2))  # the NaN frame stops tracking with a clear message ...
+    assert np.all(session.frame_logits(2)[1] > NO_OBJECT_SCORE)  # ... and frames done so far stay done
+
+
+def test_cancel_keeps_frames_done_and_session_consistent(model):
+    session = TrackingSession(model, cells_movie(6))
+    session.add_points(0, 1, [[30, 25]], [1])
+    run = session.propagate()
+    done = [next(run) for _ in range(3)]
+    run.close()  # the user pressed Cancel
+    for frame, ids, logits in done:
+        np.testing.assert_array_equal(session.frame_logits(frame)[1], logits)
+    assert np.all(session.frame_logits(4)[1] == NO_OBJECT_SCORE)  # not reached
+    full = {t: logits for t, _, logits in session.propagate()}
+    assert sorted(full) == list(range(6))
+    for frame, _, logits in done:
+        np.testing.assert_allclose(full[frame], logits, atol=1e-5)
+
+
+def test_object_prompted_later_is_tracked_from_an_earlier_frame_in_fp32(model):
+    """The reference crashes here in fp32 (bf16 memories without object pointers); we don't."""
+    session = TrackingSession(model, cells_movie(6))
+    session.add_points(0, 1, [[30, 25]], [1])
+    session.add_points(3, 2, [[70, 60]], [1])
+    results = list(session.propagate(start=0))
+    assert [t for t, _, _ in results] == list(range(6))
+    for frame, ids, logits in results[:3]:
+        assert ids == [1, 2]
+        assert np.isfinite(logits).all()
+        assert np.ptp(logits[1]) > 0  # a real prediction from object 2's future memory, not a constant
+
+
+def test_memory_stays_bounded_on_a_long_movie(model):
+    num_frames = 40
+    session = TrackingSession(model, cells_movie(num_frames, shape=(64, 64)))
+    session.add_points(0, 1, [[30, 25]], [1])
+    sizes = []
+    for frame, _, _ in session.propagate():
+        sizes.append(session.memory_bytes()["objects"])
+        obj = session._objects[1]
+        assert sum(r.maskmem is not None for r in obj.tracked.values()) <= 12
+    growth = (sizes[-1] - sizes[20]) / (num_frames - 1 - 20)
+    low_res = (IMAGE_SIZE // 4) ** 2 * 4
+    assert growth == pytest.approx(low_res + 256 * 4 + 4, abs=1)  # logits + pointer + score per frame
+    assert session.memory_bytes()["features"] <= session.features.capacity * session.features.get(0).nbytes
+
+
+def test_results_labels_removal_and_reset(model):
+    session = TrackingSession(model, cells_movie(4))
+    frame, ids, logits = session.add_box(1, 5, (15, 10, 50, 45))
+    assert (frame, ids, logits.shape, logits.dtype) == (1, [5], (1, 96, 80), np.float32)
+    frame, ids, logits = session.add_points(1, 2, [[70, 60], [80, 70]], [1, 0])
+    assert ids == [5, 2] and logits.shape == (2, 96, 80)
+    labels = labels_from_logits(ids, logits)
+    assert set(np.unique(labels)) <= {0, 2, 5}
+    assert session.prompted_frames(5) == [1]
+    session.clear_prompts(1, 5)
+    with pytest.raises(ValueError, match=r"object\(s\) \[5\] have no prompts"):
+        next(session.propagate())
+    session.remove_object(5)
+    assert session.obj_ids == [2]
+    assert [t for t, _, _ in session.propagate()] == [1, 2, 3]
+    session.reset()
+    assert session.obj_ids == []
+    with pytest.raises(ValueError, match="no objects"):
+        next(session.propagate())
+
+
+def test_memories_are_stored_in_bfloat16_on_the_storage_device(model):
+    session = TrackingSession(model, cells_movie(3), storage_device="cpu")
+    session.add_points(0, 1, [[30, 25]], [1])
+    list(session.propagate())
+    obj = session._objects[1]
+    assert obj.cond[0].maskmem.dtype == torch.bfloat16
+    assert all(r.maskmem.dtype == torch.bfloat16 and r.maskmem.device.type == "cpu" for r in obj.tracked.values())
