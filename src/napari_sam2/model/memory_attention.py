@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .rope import axial_rope_table, rotate_pairs
+from .two_way_transformer import Attention
 
 
-class RoPEAttention(nn.Module):
+class RoPEAttention(Attention):
     """Multi-head attention with 2-D axial RoPE on queries and keys.
 
     Queries are assumed to be the tokens of a square grid (row-major), or of ``feat_sizes`` (width, height)
@@ -29,20 +30,10 @@ class RoPEAttention(nn.Module):
     def __init__(self, embedding_dim: int = 256, num_heads: int = 1, downsample_rate: int = 1,
                  rope_theta: float = 10000.0, rope_k_repeat: bool = False,
                  feat_sizes: tuple[int, int] = (64, 64), kv_in_dim: int | None = None) -> None:
-        super().__init__()
-        internal_dim = embedding_dim // downsample_rate
-        if internal_dim % num_heads:
-            raise ValueError(f"num_heads {num_heads} must divide the internal dim {internal_dim}")
-        kv_in_dim = embedding_dim if kv_in_dim is None else kv_in_dim
-        self.num_heads = num_heads
-        self.head_dim = internal_dim // num_heads
+        super().__init__(embedding_dim, num_heads, downsample_rate, kv_in_dim)
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.feat_sizes = (int(feat_sizes[0]), int(feat_sizes[1]))
-        self.q_proj = nn.Linear(embedding_dim, internal_dim)
-        self.k_proj = nn.Linear(kv_in_dim, internal_dim)
-        self.v_proj = nn.Linear(kv_in_dim, internal_dim)
-        self.out_proj = nn.Linear(internal_dim, embedding_dim)
         # (width, height, device) -> float32 (cos, sin); not part of the state dict.
         self._rope_cache: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
@@ -64,10 +55,6 @@ class RoPEAttention(nn.Module):
             table = axial_rope_table(self.head_dim, width, height, self.rope_theta, device)
             self._rope_cache[key] = table
         return table
-
-    def _split_heads(self, x: Tensor) -> Tensor:
-        """(B, N, C) -> (B, heads, N, C / heads)."""
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def _apply_rope(self, q: Tensor, k: Tensor, num_k_exclude_rope: int) -> tuple[Tensor, Tensor]:
         """Rotate q, and all keys but the last ``num_k_exclude_rope``, by their grid positions."""
@@ -91,12 +78,9 @@ class RoPEAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0) -> Tensor:
         """Attend batch-first queries (B, Nq, C) to keys/values (B, Nk, kv_in_dim); returns (B, Nq, C)."""
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
-        q, k = self._apply_rope(q, k, num_k_exclude_rope)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).flatten(-2))
+        q, k = self._apply_rope(self._split(self.q_proj(q)), self._split(self.k_proj(k)), num_k_exclude_rope)
+        out = F.scaled_dot_product_attention(q, k, self._split(self.v_proj(v)))
+        return self._merge(out)
 
 
 class MemoryAttentionLayer(nn.Module):

@@ -30,6 +30,7 @@ class Attention(nn.Module):
             raise ValueError(f"num_heads={num_heads} must divide the inner width {inner}")
         kv_dim = embedding_dim if kv_in_dim is None else kv_in_dim
         self.num_heads = num_heads
+        self.head_dim = inner // num_heads
         self.q_proj = nn.Linear(embedding_dim, inner)
         self.k_proj = nn.Linear(kv_dim, inner)
         self.v_proj = nn.Linear(kv_dim, inner)
@@ -40,12 +41,16 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
+    def _merge(self, out: Tensor) -> Tensor:
+        """(B, heads, N, C/heads) attention output -> output projection (B, N, embedding_dim)."""
+        b, h, n, d = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attend queries (B, Nq, C) to keys/values (B, Nk, C); returns (B, Nq, C)."""
         out = F.scaled_dot_product_attention(self._split(self.q_proj(q)), self._split(self.k_proj(k)),
                                              self._split(self.v_proj(v)))
-        b, h, n, d = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        return self._merge(out)
 
 
 class TwoWayAttentionBlock(nn.Module):
