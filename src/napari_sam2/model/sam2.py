@@ -49,19 +49,6 @@ class ImageFeatures:
     pos: torch.Tensor
     high_res: list[torch.Tensor]
 
-    def select(self, index: int) -> "ImageFeatures":
-        """Features of one frame of a batch, keeping the batch axis."""
-        return ImageFeatures(self.feat[index : index + 1], self.pos,
-                             [f[index : index + 1] for f in self.high_res])
-
-    def to(self, device: torch.device | str) -> "ImageFeatures":
-        return ImageFeatures(self.feat.to(device), self.pos.to(device), [f.to(device) for f in self.high_res])
-
-    def expand(self, batch: int) -> "ImageFeatures":
-        """The same frame repeated ``batch`` times (a view, no copy) for several objects at once."""
-        return ImageFeatures(self.feat.expand(batch, -1, -1, -1), self.pos,
-                             [f.expand(batch, -1, -1, -1) for f in self.high_res])
-
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [self.feat, *self.high_res])
