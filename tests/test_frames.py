@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from napari_sam2.engine.frames import FrameError, FrameSource, IntensityMapping
+from lazy_frames import LazyFrames
 
 MEAN = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
 STD = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
@@ -13,29 +14,6 @@ STD = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
 def _movie(t=4, y=6, x=5, seed=0, high=256, dtype=np.uint8):
     """Random (T, Y, X) movie of ``dtype`` with values in [0, high)."""
     return np.random.default_rng(seed).integers(0, high, size=(t, y, x)).astype(dtype)
-
-
-class LazyFrames:
-    """Array-like that only allows integer frame reads and refuses to be materialised as a whole."""
-
-    def __init__(self, data):
-        self._data = data
-        self.shape = data.shape
-        self.dtype = data.dtype
-        self.ndim = data.ndim
-        self.calls = []
-
-    def __getitem__(self, key):
-        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
-            raise AssertionError(f"only integer frame indexing is allowed, got {key!r}")
-        self.calls.append(int(key))
-        return self._data[key]
-
-    def __array__(self, *args, **kwargs):
-        raise AssertionError("the whole stack must never be materialised")
-
-    def __len__(self):
-        return self.shape[0]
 
 
 # --------------------------------------------------------------------------- exact 8-bit path
@@ -174,26 +152,26 @@ def test_mapping_estimated_from_at_most_eight_frames_and_one_read_per_frame():
     lazy = LazyFrames(_movie(t=100, y=4, x=4))
     src = FrameSource(lazy)
     assert 1 <= src.reads <= 8
-    assert src.reads == len(lazy.calls)
-    assert len(set(lazy.calls)) == len(lazy.calls)
-    assert lazy.calls[0] == 0 and lazy.calls[-1] == 99  # evenly spaced, ends included
+    assert src.reads == len(lazy.reads)
+    assert len(set(lazy.reads)) == len(lazy.reads)
+    assert lazy.reads[0] == 0 and lazy.reads[-1] == 99  # evenly spaced, ends included
     before = src.reads
     src.normalized(42)
-    assert src.reads == before + 1 and lazy.calls[-1] == 42
+    assert src.reads == before + 1 and lazy.reads[-1] == 42
     src.model_input(57, 8)
-    assert src.reads == before + 2 and lazy.calls[-1] == 57
+    assert src.reads == before + 2 and lazy.reads[-1] == 57
 
     # with explicit contrast limits nothing is read at construction
     lazy2 = LazyFrames(_movie(t=100, y=4, x=4))
     src2 = FrameSource(lazy2, contrast_limits=(0, 255))
-    assert src2.reads == 0 and lazy2.calls == []
+    assert src2.reads == 0 and lazy2.reads == []
 
 
 def test_few_frames_sample_all():
     """A movie shorter than 8 frames samples each frame once."""
     lazy = LazyFrames(_movie(t=3))
     src = FrameSource(lazy)
-    assert sorted(lazy.calls) == [0, 1, 2] and src.reads == 3
+    assert sorted(lazy.reads) == [0, 1, 2] and src.reads == 3
 
 
 # --------------------------------------------------------------------------- lazy array types

@@ -8,6 +8,7 @@ import torch
 
 from napari_sam2 import FrameError, TrackingSession, UnknownObjectError, build_model, labels_from_logits
 from napari_sam2.model.sam2 import NO_OBJECT_SCORE
+from lazy_frames import LazyFrames
 from reference_support import randomize_state_dict
 
 IMAGE_SIZE = 128
@@ -34,29 +35,8 @@ def cells_movie(num_frames: int = 6, shape=(96, 80), dtype=np.uint16, peak: floa
     return np.stack(frames).astype(dtype)
 
 
-class CountingFrames:
-    """An array-like that counts per-frame reads and refuses to be converted as a whole."""
-
-    def __init__(self, data: np.ndarray) -> None:
-        self._data = data
-        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
-        self.reads: list[int] = []
-
-    def __getitem__(self, index):
-        if not isinstance(index, (int, np.integer)):
-            raise AssertionError(f"only single frames may be read, got index {index!r}")
-        self.reads.append(int(index))
-        return self._data[index]
-
-    def __array__(self, *args, **kwargs):
-        raise AssertionError("the whole stack must never be materialised")
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-
 def test_tracking_reads_each_frame_once_and_never_the_stack(model):
-    frames = CountingFrames(cells_movie(12))
+    frames = LazyFrames(cells_movie(12))
     session = TrackingSession(model, frames)
     sampled = len(frames.reads)
     assert sampled <= 8  # intensity range from a sample of frames
