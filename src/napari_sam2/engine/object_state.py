@@ -4,7 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+
+@dataclass
+class FramePrompt:
+    """What the user gave for one object on one frame, in napari coordinates of the frame.
+
+    ``points`` (N, 2) float64 (row, col) = (y, x) with ``labels`` (N,) 1 positive / 0 negative;
+    ``box`` (y0, x0, y1, x1) or None; ``mask`` bool (Y, X) or None (a mask prompt has no points or box).
+    Kept as given so that sessions can be saved and re-created exactly. ``refines_result`` records that
+    the object already had a result on the frame when this prompt came (SAM 2 then feeds that result
+    back as a mask input, so the order of prompts matters).
+    """
+
+    points: np.ndarray
+    labels: np.ndarray
+    box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    refines_result: bool = False
+
+    @property
+    def kind(self) -> str:
+        """One of "mask", "box" (possibly with clicks) or "points"."""
+        return "mask" if self.mask is not None else "box" if self.box is not None else "points"
 
 
 @dataclass
@@ -35,15 +59,15 @@ class FrameResult:
 class TrackedObject:
     """Prompts and results of one object (napari label value ``obj_id``).
 
-    ``pending`` holds results of prompts given since the last propagation (their memory is encoded when
+    ``prompt_steps`` lists, per frame, the prompts given there in order since the frame's last fresh start
+    (the latest is the frame's current prompt); ``pending`` holds results of prompts given since the last propagation (their memory is encoded when
     propagation starts); ``cond`` the conditioning frames (every prompted frame); ``tracked`` the
     results of propagation; ``direction`` maps each tracked or corrected frame to whether it was
     reached tracking in reverse.
     """
 
     obj_id: int
-    points: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    prompt_steps: dict[int, list[FramePrompt]] = field(default_factory=dict)  # every prompt call, in order
     pending: dict[int, FrameResult] = field(default_factory=dict)
     cond: dict[int, FrameResult] = field(default_factory=dict)
     tracked: dict[int, FrameResult] = field(default_factory=dict)
@@ -59,7 +83,14 @@ class TrackedObject:
 
     def prompted_frames(self) -> list[int]:
         """Frames that hold a prompt (points, box or mask) for this object, sorted."""
-        return sorted(set(self.points) | set(self.masks))
+        return sorted(self.prompt_steps)
+
+    def record_prompt(self, frame: int, prompt: FramePrompt) -> None:
+        """Remember a prompt call; one that does not refine an earlier result starts the frame afresh."""
+        if prompt.refines_result and frame in self.prompt_steps:
+            self.prompt_steps[frame].append(prompt)
+        else:
+            self.prompt_steps[frame] = [prompt]
 
     @property
     def nbytes(self) -> int:

@@ -21,7 +21,9 @@ LRU cache, and per object only the spatial memories that attention can still rea
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,8 +34,10 @@ from ..model.memory_selection import NUM_MASKMEM, memory_frames, pointer_frames
 from ..model.sam2 import NO_OBJECT_SCORE, ImageFeatures, MemoryItem, SAM2Model
 from .feature_cache import FeatureCache
 from .frames import FrameSource
-from .object_state import FrameResult, TrackedObject
-from .postprocess import fill_holes
+from .object_state import FramePrompt, FrameResult, TrackedObject
+from .label_stack import SessionLabels
+from .postprocess import fill_holes, labels_from_logits
+from .session_file import load_session, save_session
 
 DIRECTIONS = ("forward", "backward", "both")
 PREV_LOGIT_CLAMP = 32.0  # previous logits fed back as a mask prompt are clamped to +-32, as in the reference
@@ -83,11 +87,62 @@ class TrackingSession:
         self.image_size = model.image_size
         self.features = FeatureCache(self._encode_frame, capacity=feature_cache_size)
         self._objects: dict[int, TrackedObject] = {}
+        self._rgb, self._channel = rgb, channel
+
+    # ------------------------------------------------------------------ saving and loading
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save every object's prompts, the object ids, the settings and the model name to one JSON file
+        (see :mod:`napari_sam2.engine.session_file`). Results are recomputed on load."""
+        return save_session(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, frames: Any, model: SAM2Model, **options: Any) -> TrackingSession:
+        """Re-create a saved session on ``frames`` (T, Y, X[, C]), which must have the saved movie's shape.
+
+        Every prompt is re-applied (prompted frames show their masks at once); call :meth:`propagate`
+        for the rest. ``options`` override saved settings or set device, storage_device, feature_cache_size.
+        """
+        return load_session(path, frames, model, cls, **options)
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor settings that shape the results (contrast limits as resolved), JSON-friendly."""
+        return {"contrast_limits": [self.source.mapping.low, self.source.mapping.high], "rgb": self._rgb,
+                "channel": self._channel, "fill_hole_area": self.fill_hole_area}
+
+    @torch.inference_mode()
+    def restore_prompts(self, prompts: Sequence[tuple[int, int, FramePrompt]]) -> None:
+        """Apply ``(frame, obj_id, prompt)`` records in order (e.g. a saved session's prompt history).
+
+        A prompt whose ``refines_result`` is set is applied on top of the frame's current result, as when
+        it was first given; everything is validated before the session changes.
+        """
+        checked = []
+        for frame, obj_id, prompt in prompts:
+            frame, obj_id = self.source.check_index(frame), _check_obj_id(obj_id)
+            if prompt.mask is not None:
+                if prompt.mask.shape != self.frame_shape:
+                    raise ValueError(f"mask prompt for object {obj_id} on frame {frame} has shape "
+                                     f"{prompt.mask.shape}, the frames are {self.frame_shape}")
+            else:
+                self._check_points(prompt.points, prompt.labels, allow_empty=prompt.box is not None)
+                if prompt.box is not None:
+                    self._check_points(prompt.box.reshape(2, 2), [1, 1], allow_empty=False)
+            checked.append((frame, obj_id, prompt))
+        for frame, obj_id, prompt in checked:
+            if prompt.mask is not None:
+                self._apply_mask_prompt(frame, obj_id, prompt.mask)
+            else:
+                self._apply_click_prompt(frame, obj_id, FramePrompt(prompt.points, prompt.labels, prompt.box))
 
     # ------------------------------------------------------------------ properties
     @property
     def num_frames(self) -> int:
         return self.source.num_frames
+
+    @property
+    def movie_shape(self) -> tuple[int, ...]:
+        """Shape of the movie as given, (T, Y, X) or (T, Y, X, C)."""
+        return tuple(int(n) for n in self.source.frames.shape)
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -115,13 +170,21 @@ class TrackingSession:
 
         ``points`` is (N, 2) in napari (row, col) = (y, x) pixel coordinates of the frame; ``labels`` (N,)
         holds 1 for positive and 0 for negative clicks. With ``clear_old_points=False`` the clicks are
-        added to the ones already on that frame. A new ``obj_id`` (an integer >= 1, the label value it
-        will get) starts a new object. ``logits`` is float32 (n_objects, Y, X), in ``obj_ids`` order.
+        added to the ones (and the box) already on that frame. A new ``obj_id`` (an integer >= 1, the
+        label value it will get) starts a new object. ``logits`` is float32 (n_objects, Y, X), in
+        ``obj_ids`` order.
         """
         frame = self.source.check_index(frame)
         obj_id = _check_obj_id(obj_id)
-        coords, point_labels = self._points_to_model(points, labels, allow_empty=False)
-        return self._prompt_points(frame, obj_id, coords, point_labels, clear_old_points)
+        pts, labs = self._check_points(points, labels, allow_empty=False)
+        steps = self._objects[obj_id].prompt_steps.get(frame) if obj_id in self._objects else None
+        old = steps[-1] if steps else None
+        if not clear_old_points and old is not None and old.mask is None:
+            prompt = FramePrompt(np.concatenate([old.points, pts]), np.concatenate([old.labels, labs]), old.box)
+        else:
+            prompt = FramePrompt(pts, labs)
+        self._apply_click_prompt(frame, obj_id, prompt)
+        return frame, self.obj_ids, self._frame_logits(frame)
 
     @torch.inference_mode()
     def add_box(self, frame: int, obj_id: int, box: Sequence[float], points: Any = None,
@@ -140,15 +203,11 @@ class TrackingSession:
         x0, x1 = sorted(corners[[1, 3]])
         if y0 == y1 or x0 == x1:
             raise ValueError(f"box {tuple(corners)} has zero height or width")
-        box_coords, _ = self._points_to_model([[y0, x0], [y1, x1]], [1, 1], allow_empty=False)
-        box_labels = torch.tensor([[2, 3]], dtype=torch.int32)
-        if points is None and labels is None:
-            coords, point_labels = box_coords, box_labels
-        else:
-            extra, extra_labels = self._points_to_model(points, labels, allow_empty=True)
-            coords = torch.cat([box_coords, extra], dim=1)
-            point_labels = torch.cat([box_labels, extra_labels], dim=1)
-        return self._prompt_points(frame, obj_id, coords, point_labels, clear_old_points=True)
+        box_corners = np.array([y0, x0, y1, x1])
+        self._check_points(box_corners.reshape(2, 2), [1, 1], allow_empty=False)
+        pts, labs = self._check_points(points, labels, allow_empty=True)
+        self._apply_click_prompt(frame, obj_id, FramePrompt(pts, labs, box_corners))
+        return frame, self.obj_ids, self._frame_logits(frame)
 
     @torch.inference_mode()
     def add_mask(self, frame: int, obj_id: int, mask: Any) -> FrameOutput:
@@ -165,19 +224,48 @@ class TrackingSession:
             if not np.isin(mask_array, (0, 1)).all():
                 raise ValueError("mask must be boolean (or 0/1); for a label image pass (labels == obj_id)")
             mask_array = mask_array.astype(bool)
-        model_mask = torch.from_numpy(mask_array)[None, None].float().to(self.device)
-        size = (self.image_size, self.image_size)
-        if model_mask.shape[-2:] != size:
-            model_mask = F.interpolate(model_mask, size=size, mode="bilinear", align_corners=False, antialias=True)
-            model_mask = (model_mask >= 0.5).float()
-        features = self.features.get(frame)
-        heads = self.model.mask_as_output(features.feat, features.high_res, model_mask)
-        obj = self._objects.get(obj_id) or TrackedObject(obj_id)
-        obj.masks[frame] = (model_mask > 0).to(self.storage_device)
-        obj.points.pop(frame, None)
-        obj.pending[frame] = self._result(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=True)
-        self._objects.setdefault(obj_id, obj)
+        self._apply_mask_prompt(frame, obj_id, mask_array)
         return frame, self.obj_ids, self._frame_logits(frame)
+
+    @torch.inference_mode()
+    def add_labels(self, labels: Any, frames: int | Sequence[int], obj_ids: Sequence[int] | None = None) -> list[int]:
+        """Start from an existing segmentation: every label on the given frames becomes a mask prompt for
+        the object with that id (label value = obj_id).
+
+        ``labels`` is a (T, Y, X) label stack (e.g. a napari Labels layer's data; only the given
+        ``frames`` are read) or, with a single frame, a (Y, X) label image of that frame. ``obj_ids``
+        restricts which labels are used (default: all non-zero ones). Everything is checked before the
+        session changes. Returns the object ids that received a prompt, sorted.
+        """
+        frame_list = [frames] if isinstance(frames, (int, np.integer)) else list(frames)
+        frame_list = [self.source.check_index(t) for t in frame_list]
+        shape = tuple(getattr(labels, "shape", np.shape(labels)))
+        if len(shape) == 2 and len(frame_list) != 1:
+            raise ValueError(f"a (Y, X) label image belongs to one frame, but {len(frame_list)} frames were given")
+        if shape not in (self.frame_shape, (self.num_frames, *self.frame_shape)):
+            raise ValueError(f"labels must be (Y, X) = {self.frame_shape} or (T, Y, X) = "
+                             f"{(self.num_frames, *self.frame_shape)}, got shape {shape}")
+        wanted = None if obj_ids is None else {_check_obj_id(i) for i in obj_ids}
+        masks: list[tuple[int, int, np.ndarray]] = []
+        for t in frame_list:
+            image = np.asarray(labels if len(shape) == 2 else labels[t])
+            if image.dtype.kind not in "iub" or (image.dtype.kind == "i" and image.min(initial=0) < 0):
+                raise ValueError(f"labels must be non-negative integers (0 = background), got dtype {image.dtype}"
+                                 f"{' with negative values' if image.dtype.kind == 'i' else ''} on frame {t}")
+            for obj_id in np.unique(image):
+                if obj_id != 0 and (wanted is None or int(obj_id) in wanted):
+                    masks.append((t, int(obj_id), image == obj_id))
+        for t, obj_id, mask in masks:
+            self._apply_mask_prompt(t, obj_id, mask)
+        return sorted({obj_id for _, obj_id, _ in masks})
+
+    def prompts(self, obj_id: int) -> dict[int, FramePrompt]:
+        """The current prompt of one object on each prompted frame, as given (napari (row, col) coordinates)."""
+        return {frame: steps[-1] for frame, steps in self._existing(obj_id).prompt_steps.items()}
+
+    def prompt_history(self, obj_id: int) -> dict[int, list[FramePrompt]]:
+        """Every prompt given for one object on each prompted frame, in order (what a saved session replays)."""
+        return {frame: list(steps) for frame, steps in self._existing(obj_id).prompt_steps.items()}
 
     @torch.inference_mode()
     def clear_prompts(self, frame: int, obj_id: int) -> FrameOutput:
@@ -185,8 +273,7 @@ class TrackingSession:
         result (so the next click there starts afresh). Returns ``(frame, obj_ids, logits)``."""
         frame = self.source.check_index(frame)
         obj = self._existing(obj_id)
-        obj.points.pop(frame, None)
-        obj.masks.pop(frame, None)
+        obj.prompt_steps.pop(frame, None)
         obj.pending.pop(frame, None)
         result = obj.cond.pop(frame, None)
         if result is not None:
@@ -203,6 +290,22 @@ class TrackingSession:
     def reset(self) -> None:
         """Forget every object; cached image features are kept."""
         self._objects.clear()
+
+    def label_image(self, frame: int) -> np.ndarray:
+        """(Y, X) label image of a frame from the current results (label = obj_id, 0 = background; where
+        objects overlap the highest logit wins). Frames without results are all 0."""
+        obj_ids, logits = self.frame_logits(frame)
+        return labels_from_logits(obj_ids, logits, dtype=self.label_dtype)
+
+    @property
+    def label_dtype(self) -> np.dtype:
+        """uint16 while every object id fits, else uint32 (what TIFF and napari handle well)."""
+        return np.dtype(np.uint16 if max(self._objects, default=0) <= np.iinfo(np.uint16).max else np.uint32)
+
+    def label_stack(self) -> SessionLabels:
+        """A lazy (T, Y, X) label stack of the current results, computed one frame at a time on access
+        (e.g. for :func:`napari_sam2.exports.write_label_tiff` on movies that would not fit in memory)."""
+        return SessionLabels(self)
 
     @torch.inference_mode()
     def frame_logits(self, frame: int) -> tuple[list[int], np.ndarray]:
@@ -234,8 +337,24 @@ class TrackingSession:
     def _propagate(self, start: int | None, direction: str, max_frames: int | None) -> Iterator[FrameOutput]:
         # A separate generator so that argument errors above are raised at call time, not on first next().
         self._commit_pending_prompts()
+        for frame, reverse, pass_start in self._visit_plan(start, direction, max_frames):
+            yield self._track_frame(frame, reverse, pass_start)
+
+    def frames_to_visit(self, start: int | None = None, direction: str = "forward",
+                        max_frames: int | None = None) -> list[int]:
+        """The frames :meth:`propagate` with these arguments would yield, in order (for progress bars)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if start is not None:
+            start = self.source.check_index(start)
+        elif not any(obj.cond or obj.pending for obj in self._objects.values()):
+            return []
+        return [frame for frame, _, _ in self._visit_plan(start, direction, max_frames)]
+
+    def _visit_plan(self, start: int | None, direction: str, max_frames: int | None) -> list[tuple[int, bool, int]]:
+        """(frame, reverse, pass start) for every step of a propagation."""
         if start is None:
-            start = min(t for obj in self._objects.values() for t in obj.cond)
+            start = min(t for obj in self._objects.values() for t in (*obj.cond, *obj.pending))
         span = self.num_frames if max_frames is None else int(max_frames)
         last = self.num_frames - 1
         passes: list[tuple[range, bool]] = []
@@ -245,9 +364,7 @@ class TrackingSession:
             passes.append((range(start, max(start - span, 0) - 1, -1), True))
         if direction == "both" and start > 0:
             passes.append((range(start - 1, max(start - span, 0) - 1, -1), True))
-        for order, reverse in passes:
-            for frame in order:
-                yield self._track_frame(frame, reverse, pass_start=order[0])
+        return [(frame, reverse, order[0]) for order, reverse in passes for frame in order]
 
     def _track_frame(self, frame: int, reverse: bool, pass_start: int) -> FrameOutput:
         features = self.features.get(frame)
@@ -274,13 +391,15 @@ class TrackingSession:
     def _encode_frame(self, frame: int) -> ImageFeatures:
         return self.model.encode_image(self.source.model_input(frame, self.image_size, self.device))
 
-    def _prompt_points(self, frame: int, obj_id: int, coords: torch.Tensor, labels: torch.Tensor,
-                       clear_old_points: bool) -> FrameOutput:
+    def _apply_click_prompt(self, frame: int, obj_id: int, prompt: FramePrompt) -> None:
+        """Run the decoder for a (validated) click / box prompt and record it; the session changes only
+        once everything is computed, so a failure leaves it as it was."""
         obj = self._objects.get(obj_id) or TrackedObject(obj_id)
-        if not clear_old_points and frame in obj.points:
-            old_coords, old_labels = obj.points[frame]
-            coords = torch.cat([old_coords, coords], dim=1)
-            labels = torch.cat([old_labels, labels], dim=1)
+        coords = self._to_model_xy(prompt.points)
+        labels = torch.tensor(prompt.labels.astype(np.int32))[None]
+        if prompt.box is not None:
+            coords = torch.cat([self._to_model_xy(prompt.box.reshape(2, 2)), coords], dim=1)
+            labels = torch.cat([torch.tensor([[2, 3]], dtype=torch.int32), labels], dim=1)
         features = self.features.get(frame)
         previous = obj.latest(frame)
         mask_prompt = None
@@ -292,12 +411,24 @@ class TrackingSession:
         heads = self.model.predict_masks(conditioned, features.high_res, coords.to(self.device),
                                          labels.to(self.device), mask_input=mask_prompt,
                                          multimask=labels.shape[1] <= 1)
-        # Only now, with everything computed, is the session changed: a failure above leaves it as it was.
-        obj.points[frame] = (coords, labels)
-        obj.masks.pop(frame, None)
+        prompt.refines_result = previous is not None
+        obj.record_prompt(frame, prompt)
         obj.pending[frame] = self._result(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=True)
         self._objects.setdefault(obj_id, obj)
-        return frame, self.obj_ids, self._frame_logits(frame)
+
+    def _apply_mask_prompt(self, frame: int, obj_id: int, mask: np.ndarray) -> None:
+        """Take a bool (Y, X) mask as the object's exact shape on ``frame`` (a mask prompt)."""
+        model_mask = torch.from_numpy(mask)[None, None].float().to(self.device)
+        size = (self.image_size, self.image_size)
+        if model_mask.shape[-2:] != size:
+            model_mask = F.interpolate(model_mask, size=size, mode="bilinear", align_corners=False, antialias=True)
+            model_mask = (model_mask >= 0.5).float()
+        features = self.features.get(frame)
+        heads = self.model.mask_as_output(features.feat, features.high_res, model_mask)
+        obj = self._objects.get(obj_id) or TrackedObject(obj_id)
+        obj.record_prompt(frame, FramePrompt(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), mask=mask.copy()))
+        obj.pending[frame] = self._result(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=True)
+        self._objects.setdefault(obj_id, obj)
 
     def _condition(self, obj: TrackedObject, frame: int, features: ImageFeatures, reverse: bool,
                    initial: bool = False) -> torch.Tensor:
@@ -390,8 +521,8 @@ class TrackingSession:
             out[present] = low[:, 0].float().cpu().numpy()
         return out
 
-    def _points_to_model(self, points: Any, labels: Any, allow_empty: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate napari (row, col) clicks and turn them into (1, N, 2) model-space (x, y) + (1, N) labels."""
+    def _check_points(self, points: Any, labels: Any, allow_empty: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Validated napari (row, col) clicks: (N, 2) float64 coordinates and (N,) int64 labels."""
         pts = np.asarray(points if points is not None else np.zeros((0, 2)), dtype=np.float64)
         if pts.ndim == 1 and pts.size == 2:
             pts = pts[None]
@@ -411,9 +542,13 @@ class TrackingSession:
         if outside.any():
             bad = pts[outside][0].tolist()
             raise ValueError(f"point (row, col) = {tuple(bad)} is outside the frame of shape (Y, X) = {(height, width)}")
-        xy = torch.tensor(pts[:, ::-1].copy(), dtype=torch.float32)[None]
-        xy = xy / torch.tensor([width, height]) * self.image_size
-        return xy, torch.tensor(lab.astype(np.int32))[None]
+        return pts.copy(), lab.astype(np.int64)
+
+    def _to_model_xy(self, points: np.ndarray) -> torch.Tensor:
+        """(N, 2) napari (row, col) pixels to (1, N, 2) model-space (x, y) on the S x S input."""
+        height, width = self.frame_shape
+        xy = torch.tensor(points[:, ::-1].copy(), dtype=torch.float32)[None]
+        return xy / torch.tensor([width, height]) * self.image_size
 
     def _existing(self, obj_id: int) -> TrackedObject:
         obj = self._objects.get(obj_id)

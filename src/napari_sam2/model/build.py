@@ -39,6 +39,12 @@ def build_model(config: str, checkpoint: str | os.PathLike | None = None,
 def load_checkpoint(model: SAM2Model, path: str | os.PathLike) -> None:
     """Load an official-layout checkpoint strictly, or raise :class:`CheckpointError` naming the file,
     the expected config and the first missing / unexpected / mis-shaped keys."""
+    load_state_dict_strict(model, read_state_dict(path), source=str(path))
+
+
+def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    """The state dict in a ``.pt`` file (official layout ``{"model": ...}`` or bare), read safely
+    (``weights_only``) onto the CPU; :class:`CheckpointError` says why a file is unusable."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist")
@@ -52,9 +58,15 @@ def load_checkpoint(model: SAM2Model, path: str | os.PathLike) -> None:
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"checkpoint {path} holds no state dict (expected a dict of tensors, or one "
                               "under the key 'model')")
+    return state_dict
+
+
+def load_state_dict_strict(model: SAM2Model, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``state_dict`` into ``model`` (any device) only if keys and shapes match exactly; otherwise
+    raise :class:`CheckpointError` naming ``source``, the model's config and the differences."""
     problems = describe_mismatch(model.state_dict(), state_dict)
     if problems:
-        raise CheckpointError(f"checkpoint {path} does not match config {model.config.name} "
+        raise CheckpointError(f"checkpoint {source} does not match config {model.config.name} "
                               f"(image_size {model.image_size}): {problems}")
     model.load_state_dict(state_dict, strict=True)
 

@@ -1,0 +1,179 @@
+"""Headless command line: ``napari-sam2 track`` and ``napari-sam2 models``.
+
+Runs on a cluster node without a display: no Qt or napari import. Axis order is napari's: movies are
+(T, Y, X[, C]) (or (Z, Y, X[, C]) to track through a Z-stack); prompt points are (frame, row, col).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .engine.session import DIRECTIONS, TrackingSession
+from .exports import write_ctc, write_label_tiff
+from .movie_files import Movie, open_movie
+from .prompt_files import read_points_csv
+from .weights import DEFAULT_MODEL, KNOWN_MODELS, cached_models, default_cache_dir, load_model
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+SESSION_SUFFIXES = (".json",)
+CSV_SUFFIXES = (".csv",)
+LABEL_SUFFIXES = (".tif", ".tiff", ".npy")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-sam2`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("napari-sam2: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as exc:  # every expected failure raises one of these with a clear message
+        print(f"napari-sam2: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-sam2", description="SAM 2 / SAM 2.1 tracking for microscopy movies")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    track = commands.add_parser(
+        "track", help="track objects through a movie from prompts and write labels",
+        description="Track objects through a (T, Y, X[, C]) movie (or a (Z, Y, X[, C]) stack, along Z) from "
+                    "click / mask prompts, and write the label stack as TIFF or in Cell Tracking Challenge format.")
+    track.add_argument("input", type=Path, help="movie: TIFF / OME-TIFF, .npy or zarr store, axes (T, Y, X[, C])")
+    track.add_argument("--prompts", type=Path, nargs="+", required=True, metavar="PROMPTS",
+                       help="napari Points CSV (columns axis-0..2 = frame, row, col; features positive, obj_id), "
+                            "a napari-sam2 session (.json), and/or a label image or stack (.tif/.npy) whose labels "
+                            "become mask prompts on --label-frames")
+    track.add_argument("--out", type=Path, required=True, metavar="OUTPUT",
+                       help="label TIFF (.tif/.tiff) or a directory for Cell Tracking Challenge results")
+    track.add_argument("--model", default=None, metavar="NAME|PATH",
+                       help=f"known model name (downloaded once) or checkpoint file; default {DEFAULT_MODEL}, "
+                            "or the session's model")
+    track.add_argument("--direction", choices=DIRECTIONS, default="forward")
+    track.add_argument("--start", type=int, default=None, help="first frame (default: the earliest prompted frame)")
+    track.add_argument("--frames", type=int, default=None, metavar="N", help="track at most N frames past --start")
+    track.add_argument("--channel", type=int, default=None, help="channel to track on, for multichannel movies")
+    track.add_argument("--contrast", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                       help="intensities mapped to black and white (default: 0.5 / 99.5 percentiles)")
+    track.add_argument("--axes", default=None, help="axes of INPUT when its metadata is missing, e.g. TYX, ZYX, TCYX")
+    track.add_argument("--label-frames", type=int, nargs="+", default=None, metavar="T",
+                       help="frames of a label prompt stack to use (default: every frame with labels)")
+    track.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: CUDA, then MPS, then CPU)")
+    track.add_argument("--save-session", type=Path, default=None, metavar="FILE",
+                       help="also save the prompts as a session file (.json) to reopen in napari or Python")
+    track.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    track.add_argument("--quiet", action="store_true", help="no progress bar")
+    track.set_defaults(run=_track)
+
+    models = commands.add_parser("models", help="list known models, which are downloaded, and where",
+                                 description="List the official SAM 2 / 2.1 checkpoints and the local cache.")
+    models.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache folder (default: $NAPARI_SAM2_CACHE or the user cache folder)")
+    models.set_defaults(run=_models)
+    return parser
+
+
+def _track(args: argparse.Namespace) -> int:
+    out_is_tiff = args.out.suffix.lower() in (".tif", ".tiff")
+    if args.out.exists() and not args.overwrite and (out_is_tiff or any(args.out.iterdir())):
+        raise FileExistsError(f"output {args.out} already exists; choose another --out or pass --overwrite")
+    movie = open_movie(args.input, axes=args.axes)
+    sessions = [p for p in args.prompts if p.suffix.lower() in SESSION_SUFFIXES]
+    if len(sessions) > 1:
+        raise ValueError(f"give at most one session file, got {len(sessions)}")
+    unknown = [p for p in args.prompts if p.suffix.lower() not in SESSION_SUFFIXES + CSV_SUFFIXES + LABEL_SUFFIXES]
+    if unknown:
+        raise ValueError(f"cannot tell what kind of prompt file {unknown[0]} is: use .csv (napari Points), "
+                         ".json (session) or .tif / .npy (labels)")
+    session = _open_session(args, movie, sessions[0] if sessions else None)
+    _add_file_prompts(session, args)
+
+    frames = session.frames_to_visit(args.start, args.direction, args.frames)
+    progress = _progress_bar(len(frames), movie.axis, disabled=args.quiet)
+    with progress:
+        for _ in session.propagate(args.start, args.direction, args.frames):
+            progress.update(1)
+    labels = session.label_stack()
+    axes = f"{movie.axis}YX"
+    if out_is_tiff:
+        write_label_tiff(args.out, labels, axes=axes, overwrite=args.overwrite)
+        written = f"label stack {labels.shape} {np.dtype(labels.dtype).name}, axes {axes}"
+    else:
+        tracks = write_ctc(args.out, labels, max_label=labels.max_label, overwrite=args.overwrite)
+        written = f"Cell Tracking Challenge results: {len(labels)} masks, {len(tracks)} tracks"
+    if args.save_session is not None:
+        session.save(args.save_session)
+    _say(f"tracked {len(session.obj_ids)} object(s) over {len(frames)} frame(s); wrote {written} to {args.out}")
+    return 0
+
+
+def _open_session(args: argparse.Namespace, movie: Movie, session_file: Path | None) -> TrackingSession:
+    """A fresh session, or the saved one; command-line settings override saved ones."""
+    options = {}
+    if args.contrast is not None:
+        options["contrast_limits"] = tuple(args.contrast)
+    if args.channel is not None:
+        options["channel"] = args.channel
+    if session_file is None:
+        model = load_model(args.model or DEFAULT_MODEL, device=args.device, progress=not args.quiet)
+        return TrackingSession(model, movie.data, **options)
+    from .engine.session_file import read_session_file
+
+    saved_model = read_session_file(session_file)["model"]
+    model = load_model(args.model or saved_model.get("name") or DEFAULT_MODEL, device=args.device,
+                       progress=not args.quiet)
+    return TrackingSession.load(session_file, movie.data, model, **options)
+
+
+def _add_file_prompts(session: TrackingSession, args: argparse.Namespace) -> None:
+    """Clicks from napari CSVs (added to what a session already holds on that frame) and label prompts."""
+    for path in args.prompts:
+        suffix = path.suffix.lower()
+        if suffix in CSV_SUFFIXES:
+            for click in read_points_csv(path):
+                session.add_points(click.frame, click.obj_id, click.points, click.labels, clear_old_points=False)
+        elif suffix in LABEL_SUFFIXES:
+            labels = open_movie(path).data
+            if len(labels.shape) == 3 and labels.shape[0] == 1 and session.num_frames > 1:
+                labels = labels[0]  # a single label image (Y, X)
+            frames = args.label_frames
+            if frames is None:
+                frames = [0] if len(labels.shape) == 2 else [t for t in range(labels.shape[0]) if np.any(labels[t])]
+            added = session.add_labels(labels, frames)
+            if not added:
+                raise ValueError(f"{path} holds no labels on frames {frames}")
+
+
+def _models(args: argparse.Namespace) -> int:
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    print(f"cache folder: {cache}  (set NAPARI_SAM2_CACHE to change it)")
+    print(f"{'model':<24}{'config':<18}{'status'}")
+    for info, path in cached_models(cache):
+        status = f"cached, {path.stat().st_size / 2**20:.0f} MiB: {path}" if path else f"not downloaded ({info.url})"
+        print(f"{info.name:<24}{info.config:<18}{status}")
+    print(f"{len(KNOWN_MODELS)} known models; `napari-sam2 track --model NAME` downloads one on first use.")
+    return 0
+
+
+def _progress_bar(total: int, axis: str, disabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame" if axis == "T" else "slice", desc="tracking", disable=disabled,
+                file=sys.stderr)
+
+
+def _say(message: str) -> None:
+    print(f"napari-sam2: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Official SAM 2 / 2.1 checkpoints: names, download into a local cache, and loading a model by name or file.
+
+``load_model("sam2.1_hiera_tiny")`` downloads the official file once (SHA-256 checked by pooch, cached in
+``NAPARI_SAM2_CACHE`` or the user cache folder) and builds the matching model; ``load_model("my.pt")``
+reads a local (e.g. fine-tuned) checkpoint and infers its architecture from the weights. Every failure
+is a :class:`~napari_sam2.model.build.CheckpointError` whose message says what to do next, which matters
+most on offline microscope workstations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .model.build import (
+    CheckpointError,
+    build_model,
+    load_state_dict_strict,
+    read_state_dict,
+)
+from .model.configs import HIERA_SIZES, canonical_config_name
+from .model.sam2 import SAM2Model
+
+CACHE_ENV = "NAPARI_SAM2_CACHE"
+DEFAULT_MODEL = "sam2.1_hiera_tiny"
+
+logger = logging.getLogger("napari_sam2")
+
+
+class WeightsError(CheckpointError):
+    """A checkpoint could not be downloaded or failed its hash check; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One downloadable checkpoint: its name, the config it was trained with, where it lives, its hash."""
+
+    name: str  # e.g. "sam2.1_hiera_tiny"
+    config: str  # canonical config name, e.g. "sam2.1_hiera_t"
+    url: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        """The file name in the cache (the last part of the URL)."""
+        return self.url.rsplit("/", 1)[-1]
+
+
+def _official(name: str, config: str, folder: str, sha256: str) -> ModelInfo:
+    url = f"https://dl.fbaipublicfiles.com/segment_anything_2/{folder}/{name}.pt"
+    return ModelInfo(name, config, url, sha256)
+
+
+KNOWN_MODELS: dict[str, ModelInfo] = {info.name: info for info in (
+    _official("sam2.1_hiera_tiny", "sam2.1_hiera_t", "092824",
+              "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
+    _official("sam2.1_hiera_small", "sam2.1_hiera_s", "092824",
+              "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38"),
+    _official("sam2.1_hiera_base_plus", "sam2.1_hiera_b+", "092824",
+              "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"),
+    _official("sam2.1_hiera_large", "sam2.1_hiera_l", "092824",
+              "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
+    _official("sam2_hiera_tiny", "sam2_hiera_t", "072824",
+              "65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125"),
+    _official("sam2_hiera_small", "sam2_hiera_s", "072824",
+              "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3"),
+    _official("sam2_hiera_base_plus", "sam2_hiera_b+", "072824",
+              "d0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071"),
+    _official("sam2_hiera_large", "sam2_hiera_l", "072824",
+              "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b"),
+)}
+
+
+def _known_names() -> str:
+    return ", ".join(KNOWN_MODELS)
+
+
+def find_model(name: str) -> ModelInfo:
+    """The known checkpoint for a name in any accepted spelling (``sam2.1_hiera_tiny``, ``sam2.1_hiera_t``,
+    ``SAM2.1-hiera-tiny.pt`` ...), or ``ValueError`` listing the known names."""
+    key = name.strip().lower().replace("-", "_").removesuffix(".pt")
+    for info in KNOWN_MODELS.values():
+        if info.name.lower() == key:
+            return info
+    try:
+        config = canonical_config_name(name)
+    except ValueError:
+        config = None
+    for info in KNOWN_MODELS.values():
+        if info.config == config:
+            return info
+    raise ValueError(f"unknown model {name!r}; known models: {_known_names()}")
+
+
+def default_cache_dir() -> Path:
+    """Where downloaded checkpoints live: ``$NAPARI_SAM2_CACHE`` if set, else the user cache folder."""
+    configured = os.environ.get(CACHE_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    import pooch  # imported lazily: only needed when weights are fetched
+
+    return Path(pooch.os_cache("napari-sam2"))
+
+
+def _as_info(model: str | ModelInfo) -> ModelInfo:
+    return model if isinstance(model, ModelInfo) else find_model(model)
+
+
+def fetch_checkpoint(model: str | ModelInfo, cache_dir: str | os.PathLike | None = None,
+                     progress: bool = True) -> Path:
+    """The path of a known checkpoint in the cache, downloading it first if it is missing or damaged.
+
+    pooch checks the SHA-256 of the cached file on every call and of every download before it is kept,
+    so a returned path always holds the official bytes. Failures raise :class:`WeightsError`.
+    """
+    import pooch
+    import requests
+
+    info = _as_info(model)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = cache.resolve() / info.filename
+    had_file = target.is_file()
+    try:
+        with _pooch_log_level(logging.INFO if progress else logging.WARNING):
+            path = pooch.retrieve(info.url, known_hash=f"sha256:{info.sha256}", fname=info.filename,
+                                  path=cache, progressbar=progress and _have_tqdm())
+    except requests.exceptions.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "error"
+        hint = " (the file is not, or no longer, at this address)" if status == 404 else ""
+        raise WeightsError(f"downloading {info.name} from {info.url} failed with HTTP {status}{hint}. "
+                           f"{_manual_steps(info, target)}{_stale_note(target, had_file)}") from exc
+    except requests.exceptions.RequestException as exc:  # offline, refused, DNS, timeout, dropped
+        raise WeightsError(f"could not download {info.name} from {info.url} ({type(exc).__name__}: {exc}); "
+                           f"is this machine offline? {_manual_steps(info, target)}"
+                           f"{_stale_note(target, had_file)}") from exc
+    except ValueError as exc:
+        if "does not match the known hash" not in str(exc):
+            raise WeightsError(f"could not fetch {info.name} from {info.url}: {exc}") from exc
+        found = re.search(r"but got ([0-9a-fA-F]+)", str(exc))
+        actual = found.group(1) if found else "unknown"
+        removed = ""
+        if target.is_file():  # a damaged earlier copy that pooch tried to replace: not worth keeping
+            target.unlink()
+            removed = f" The damaged cached copy {target} was removed too."
+        raise WeightsError(
+            f"the file downloaded from {info.url} has SHA-256 {actual}, expected {info.sha256}; it was "
+            f"deleted and nothing was kept in {cache}.{removed} The download was corrupted (try again) or "
+            f"the file on the server changed.") from exc
+    except OSError as exc:
+        raise WeightsError(f"could not write {target}: {exc}. Choose a writable folder with cache_dir= or "
+                           f"the {CACHE_ENV} environment variable.") from exc
+    return Path(path)
+
+
+def _manual_steps(info: ModelInfo, target: Path) -> str:
+    return (f"Download {info.url} on a machine with internet and copy it to {target}, or pass the file's path "
+            f"to load_model / --model, or set {CACHE_ENV} to a folder that holds {info.filename}.")
+
+
+def _stale_note(target: Path, had_file: bool) -> str:
+    if not (had_file and target.is_file()):
+        return ""
+    return (f" The cached file {target} is there but does not have the expected SHA-256 (damaged or "
+            "incomplete); replace it.")
+
+
+def _have_tqdm() -> bool:
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _pooch_log_level(level: int) -> Iterator[None]:
+    """pooch announces every download on stderr; quiet it when the caller asked for no progress output."""
+    import pooch
+
+    pooch_logger = pooch.get_logger()
+    previous = pooch_logger.level
+    pooch_logger.setLevel(level)
+    try:
+        yield
+    finally:
+        pooch_logger.setLevel(previous)
+
+
+def cached_models(cache_dir: str | os.PathLike | None = None) -> list[tuple[ModelInfo, Path | None]]:
+    """Every known model with its cached file, or ``None`` when it has not been downloaded.
+
+    Only presence and a non-empty size are checked (hashing GBs would be slow); loading re-checks the hash.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    listing = []
+    for info in KNOWN_MODELS.values():
+        path = cache / info.filename
+        present = path.is_file() and path.stat().st_size > 0
+        listing.append((info, path if present else None))
+    return listing
+
+
+_TRUNK = "image_encoder.trunk."
+_PATCH_EMBED = _TRUNK + "patch_embed.proj.weight"
+_V21_ONLY_KEYS = ("no_obj_embed_spatial", "obj_ptr_tpos_proj.weight")
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The canonical config name of a SAM 2 / 2.1 state dict, from the Hiera trunk's width and depth and
+    the keys that only SAM 2.1 has; :class:`CheckpointError` describes what was found otherwise."""
+    if isinstance(state_dict.get("model"), Mapping):
+        state_dict = state_dict["model"]
+    if _PATCH_EMBED not in state_dict:
+        raise CheckpointError(f"not a SAM 2 / 2.1 checkpoint: {_describe_foreign(state_dict)}")
+    embed_dim = int(state_dict[_PATCH_EMBED].shape[0])
+    blocks = {key.split(".")[3] for key in state_dict if key.startswith(_TRUNK + "blocks.")}
+    present_v21 = [key for key in _V21_ONLY_KEYS if key in state_dict]
+    if len(present_v21) not in (0, len(_V21_ONLY_KEYS)):
+        raise CheckpointError(f"not a SAM 2 / 2.1 checkpoint: it has {present_v21[0]} but not all of "
+                              f"{', '.join(_V21_ONLY_KEYS)} (SAM 2.1 has all, SAM 2.0 none)")
+    prefix = "sam2.1" if present_v21 else "sam2"
+    for size, hiera in HIERA_SIZES.items():
+        if hiera.embed_dim == embed_dim and sum(hiera.stages) == len(blocks):
+            return f"{prefix}_hiera_{size}"
+    official = ", ".join(f"{s}: dim {h.embed_dim}, {sum(h.stages)} blocks" for s, h in HIERA_SIZES.items())
+    raise CheckpointError(
+        f"not an official SAM 2 / 2.1 architecture: a Hiera trunk with {len(blocks)} blocks and embed dim "
+        f"{embed_dim} matches no official config ({official}). For a custom architecture pass config=.")
+
+
+def _describe_foreign(state_dict: Mapping[str, torch.Tensor]) -> str:
+    keys = list(state_dict)
+    if not keys:
+        return "the state dict is empty"
+    if any(key.startswith("image_encoder.blocks.") for key in keys):
+        kind = "it looks like a SAM 1 checkpoint (ViT image encoder keys such as image_encoder.blocks.0...)"
+    elif any(key.startswith("module.") for key in keys):
+        kind = "its keys start with 'module.' (saved from a DataParallel wrapper; strip that prefix)"
+    else:
+        kind = f"it has no {_PATCH_EMBED}"
+    shown = ", ".join(keys[:3]) + (f" ... ({len(keys)} keys)" if len(keys) > 3 else "")
+    return f"{kind}; first keys: {shown}"
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: torch.device | str | None = None, *,
+               config: str | None = None, cache_dir: str | os.PathLike | None = None, progress: bool = True,
+               verbose: bool = True, image_size: int = 1024) -> SAM2Model:
+    """A ready SAM 2 model (eval mode) from a known model name or a checkpoint file.
+
+    An existing file (it wins over a known name of the same spelling) is read once, its config inferred
+    unless ``config`` is given, and loaded strictly.
+    Otherwise a known name (any spelling :func:`find_model` accepts) is fetched into the cache with its hash
+    checked. ``device=None`` picks CUDA, then MPS, then the CPU. The model's ``source`` attribute records
+    where the weights came from; :func:`describe_model` says so, and is printed to stderr when ``verbose``.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        source = str(path.resolve())
+        checkpoint = path
+    elif path.exists():
+        raise ValueError(f"{path} is not a checkpoint file (a folder?); pass the .pt file itself")
+    else:
+        info = _known_or_none(name_or_path)
+        if info is None:
+            raise ValueError(f"{os.fspath(name_or_path)!r} is neither a known model nor an existing file ({path} "
+                             f"does not exist); known models: {_known_names()}")
+        if config is not None and canonical_config_name(config) != info.config:
+            raise ValueError(f"model {info.name} has config {info.config}, not {config}; leave config= out "
+                             "for known models")
+        source = info.name
+        checkpoint = fetch_checkpoint(info, cache_dir=cache_dir, progress=progress)
+    state_dict = read_state_dict(checkpoint)
+    model_config = canonical_config_name(config) if config is not None else infer_config(state_dict)
+    model = build_model(model_config, device=device, image_size=image_size)
+    load_state_dict_strict(model, state_dict, source=str(checkpoint))
+    model.source = source
+    description = describe_model(model)
+    logger.info("loaded %s", description)
+    if verbose:
+        print(f"napari-sam2: {description}", file=sys.stderr)
+    return model
+
+
+def _known_or_none(name: str | os.PathLike) -> ModelInfo | None:
+    """The known model a string names; ``None`` for an unknown name or a path object."""
+    if not isinstance(name, str):
+        return None
+    try:
+        return find_model(name)
+    except ValueError:
+        return None
+
+
+def describe_model(model: SAM2Model) -> str:
+    """One line with where the weights came from, the config, device and dtype, e.g.
+    ``sam2.1_hiera_tiny (config sam2.1_hiera_t) on cpu, float32``."""
+    source = getattr(model, "source", None) or "random weights"
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    size = f", image size {model.image_size}" if model.image_size != 1024 else ""
+    return f"{source} (config {model.config.name}) on {model.device}, {dtype}{size}"
