@@ -1,5 +1,17 @@
 import sys
 from pathlib import Path
 
-# Make tests/reference_support.py importable as a plain module.
+import pytest
+
+# Make the helper modules in tests/ (reference_support, checkpoint_files, ...) importable as plain modules.
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """One random-weight SAM 2.1 tiny checkpoint in the official layout, written once per test run
+    (about 150 MB); objects 'appear' (high object-score bias) so that masks are not empty."""
+    from checkpoint_files import TINY_CHECKPOINT_NAME, write_checkpoint
+
+    folder = tmp_path_factory.mktemp("checkpoint")
+    return write_checkpoint(folder / TINY_CHECKPOINT_NAME, "sam2.1_hiera_t", seed=3, object_score_bias=8.0)

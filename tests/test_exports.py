@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from ctc_metrics import evaluate_sequence
+from ctc_support import score, write_gt
 from lazy_frames import LazyFrames
 from scipy import ndimage
 
@@ -41,37 +41,6 @@ def make_stack() -> np.ndarray:
         if t >= 3:
             stack[t][_disc(48, 44, 5)] = 7
     return stack
-
-
-# --- independent CTC ground-truth writer (own splitting, different label numbering) ----------
-
-
-def _runs(frames: np.ndarray) -> list[tuple[int, int]]:
-    breaks = np.flatnonzero(np.diff(frames) > 1)
-    starts = np.r_[frames[0], frames[breaks + 1]]
-    ends = np.r_[frames[breaks], frames[-1]]
-    return list(zip(starts.tolist(), ends.tolist()))
-
-
-def write_gt(gt: Path, stack: np.ndarray) -> None:
-    (gt / "TRA").mkdir(parents=True)
-    (gt / "SEG").mkdir()
-    relabelled = np.zeros_like(stack)
-    lines, label = [], 100
-    for obj in np.unique(stack[stack > 0]):
-        present = np.flatnonzero((stack == obj).any(axis=(1, 2)))
-        for begin, end in _runs(present):
-            relabelled[begin : end + 1][stack[begin : end + 1] == obj] = label
-            lines.append(f"{label} {begin} {end} 0\n")
-            label += 1
-    (gt / "TRA" / "man_track.txt").write_text("".join(lines))
-    for t, frame in enumerate(relabelled):
-        tifffile.imwrite(gt / "TRA" / f"man_track{t:03d}.tif", frame)
-        tifffile.imwrite(gt / "SEG" / f"man_seg{t:03d}.tif", frame)
-
-
-def score(res: Path, gt: Path) -> dict:
-    return evaluate_sequence(res=str(res), gt=str(gt), metrics=["Valid", "DET", "SEG", "TRA"], threads=1)
 
 
 def read_tracks(res: Path) -> list[tuple[int, ...]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_files import sha256_of, write_checkpoint
+from checkpoint_files import TINY_CHECKPOINT_NAME, sha256_of
 
 from napari_sam2 import CheckpointError
 from napari_sam2.device import pick_device
@@ -35,7 +35,7 @@ from napari_sam2.weights import (
     load_model,
 )
 
-SERVED_NAME = "test_tiny.pt"
+SERVED_NAME = TINY_CHECKPOINT_NAME
 
 
 class _Server:
@@ -69,10 +69,9 @@ class _Server:
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory):
-    """The one random tiny SAM 2.1 checkpoint: its path, SHA-256 and state dict."""
-    root = tmp_path_factory.mktemp("served")
-    path = write_checkpoint(root / SERVED_NAME, "sam2.1_hiera_t", seed=3)
+def served(tiny_checkpoint):
+    """The one random tiny SAM 2.1 checkpoint (shared with the CLI tests): its path, SHA-256 and state dict."""
+    path = tiny_checkpoint
     state_dict = torch.load(path, map_location="cpu", weights_only=True)["model"]
     return {"path": path, "sha256": sha256_of(path), "state_dict": state_dict}
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .engine.session import DIRECTIONS, TrackingSession
+from .engine.session_file import read_session_file
 from .exports import write_ctc, write_label_tiff
 from .movie_files import Movie, open_movie
-from .prompt_files import read_points_csv
+from .prompt_files import ClickPrompt, read_points_csv
 from .weights import DEFAULT_MODEL, KNOWN_MODELS, cached_models, default_cache_dir, load_model
 
 EXIT_FAILED = 1
@@ -87,19 +88,15 @@ def _track(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite and (out_is_tiff or any(args.out.iterdir())):
         raise FileExistsError(f"output {args.out} already exists; choose another --out or pass --overwrite")
     movie = open_movie(args.input, axes=args.axes)
-    sessions = [p for p in args.prompts if p.suffix.lower() in SESSION_SUFFIXES]
-    if len(sessions) > 1:
-        raise ValueError(f"give at most one session file, got {len(sessions)}")
-    unknown = [p for p in args.prompts if p.suffix.lower() not in SESSION_SUFFIXES + CSV_SUFFIXES + LABEL_SUFFIXES]
-    if unknown:
-        raise ValueError(f"cannot tell what kind of prompt file {unknown[0]} is: use .csv (napari Points), "
-                         ".json (session) or .tif / .npy (labels)")
-    session = _open_session(args, movie, sessions[0] if sessions else None)
-    _add_file_prompts(session, args)
+    session_file, clicks, label_files = _read_prompt_files(args.prompts)  # before the (slow) model load
+    session = _open_session(args, movie, session_file)
+    for click in clicks:  # added to what a saved session already holds on that frame
+        session.add_points(click.frame, click.obj_id, click.points, click.labels, clear_old_points=False)
+    for path in label_files:
+        _add_label_prompts(session, path, args.label_frames)
 
     frames = session.frames_to_visit(args.start, args.direction, args.frames)
-    progress = _progress_bar(len(frames), movie.axis, disabled=args.quiet)
-    with progress:
+    with _progress_bar(len(frames), movie.axis, disabled=args.quiet) as progress:
         for _ in session.propagate(args.start, args.direction, args.frames):
             progress.update(1)
     labels = session.label_stack()
@@ -116,6 +113,23 @@ def _track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_prompt_files(paths: Sequence[Path]) -> tuple[Path | None, list[ClickPrompt], list[Path]]:
+    """Sort prompt files by kind and read the click files: (session file, clicks, label files)."""
+    unknown = [p for p in paths if p.suffix.lower() not in SESSION_SUFFIXES + CSV_SUFFIXES + LABEL_SUFFIXES]
+    if unknown:
+        raise ValueError(f"cannot tell what kind of prompt file {unknown[0]} is: use .csv (napari Points), "
+                         ".json (session) or .tif / .npy (labels)")
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"prompt file {missing[0]} does not exist")
+    sessions = [p for p in paths if p.suffix.lower() in SESSION_SUFFIXES]
+    if len(sessions) > 1:
+        raise ValueError(f"give at most one session file, got {len(sessions)}")
+    clicks = [click for p in paths if p.suffix.lower() in CSV_SUFFIXES for click in read_points_csv(p)]
+    labels = [p for p in paths if p.suffix.lower() in LABEL_SUFFIXES]
+    return (sessions[0] if sessions else None), clicks, labels
+
+
 def _open_session(args: argparse.Namespace, movie: Movie, session_file: Path | None) -> TrackingSession:
     """A fresh session, or the saved one; command-line settings override saved ones."""
     options = {}
@@ -126,31 +140,21 @@ def _open_session(args: argparse.Namespace, movie: Movie, session_file: Path | N
     if session_file is None:
         model = load_model(args.model or DEFAULT_MODEL, device=args.device, progress=not args.quiet)
         return TrackingSession(model, movie.data, **options)
-    from .engine.session_file import read_session_file
-
     saved_model = read_session_file(session_file)["model"]
     model = load_model(args.model or saved_model.get("name") or DEFAULT_MODEL, device=args.device,
                        progress=not args.quiet)
     return TrackingSession.load(session_file, movie.data, model, **options)
 
 
-def _add_file_prompts(session: TrackingSession, args: argparse.Namespace) -> None:
-    """Clicks from napari CSVs (added to what a session already holds on that frame) and label prompts."""
-    for path in args.prompts:
-        suffix = path.suffix.lower()
-        if suffix in CSV_SUFFIXES:
-            for click in read_points_csv(path):
-                session.add_points(click.frame, click.obj_id, click.points, click.labels, clear_old_points=False)
-        elif suffix in LABEL_SUFFIXES:
-            labels = open_movie(path).data
-            if len(labels.shape) == 3 and labels.shape[0] == 1 and session.num_frames > 1:
-                labels = labels[0]  # a single label image (Y, X)
-            frames = args.label_frames
-            if frames is None:
-                frames = [0] if len(labels.shape) == 2 else [t for t in range(labels.shape[0]) if np.any(labels[t])]
-            added = session.add_labels(labels, frames)
-            if not added:
-                raise ValueError(f"{path} holds no labels on frames {frames}")
+def _add_label_prompts(session: TrackingSession, path: Path, frames: list[int] | None) -> None:
+    """Labels of an existing segmentation (one (Y, X) image or a stack) become mask prompts."""
+    labels = open_movie(path).data
+    if labels.shape[0] == 1 and session.num_frames > 1:
+        labels = labels[0]  # a single label image (Y, X)
+    if frames is None:  # every frame that holds labels; a single image belongs to frame 0
+        frames = [0] if len(labels.shape) == 2 else [t for t in range(labels.shape[0]) if np.any(labels[t])]
+    if not session.add_labels(labels, frames):
+        raise ValueError(f"{path} holds no labels on frames {frames}")
 
 
 def _models(args: argparse.Namespace) -> int:

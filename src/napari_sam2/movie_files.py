@@ -117,7 +117,8 @@ def _open_tiff(path: Path) -> tuple[Any, str]:
     try:
         return tifffile.memmap(path, mode="r"), axes
     except ValueError:  # compressed or tiled: read through tifffile's zarr store, still one frame at a time
-        return zarr.open(tifffile.imread(path, aszarr=True), mode="r"), axes
+        # level 0 (full resolution): for a pyramidal file the store of all levels would be a zarr group
+        return zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r"), axes
 
 
 def _open_zarr(path: Path) -> tuple[Any, str]:

@@ -57,7 +57,8 @@ def read_points_csv(path: str | os.PathLike) -> list[ClickPrompt]:
         positive_column = next((columns[c] for c in POSITIVE_COLUMNS if c in columns), None)
         object_column = next((columns[c] for c in OBJECT_COLUMNS if c in columns), None)
         groups: dict[tuple[int, int], tuple[list[list[float]], list[int]]] = {}
-        for row_number, row in enumerate(reader, start=2):
+        for row in reader:
+            row_number = reader.line_num  # the file's line, also past blank lines (which DictReader skips)
             frame, y, x = (_number(row[columns[a]], path, row_number, a) for a in axes)
             if abs(frame - round(frame)) > _FRAME_TOLERANCE or frame < 0:
                 raise PromptFileError(f"{path}, line {row_number}: frame (axis-0) {frame} is not a frame index")
