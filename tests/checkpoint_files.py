@@ -14,7 +14,6 @@ import torch
 
 from napari_sam2 import build_model
 
-
 TINY_CHECKPOINT_NAME = "test_tiny.pt"  # the shared session fixture ``tiny_checkpoint`` in conftest.py
 OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 

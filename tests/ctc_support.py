@@ -13,7 +13,6 @@ import tifffile
 from ctc_metrics import evaluate_sequence
 
 
-
 def _runs(frames: np.ndarray) -> list[tuple[int, int]]:
     breaks = np.flatnonzero(np.diff(frames) > 1)
     starts = np.r_[frames[0], frames[breaks + 1]]

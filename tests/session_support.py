@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from reference_support import randomize_state_dict
 
 from napari_sam2 import build_model
-from reference_support import randomize_state_dict
 
 IMAGE_SIZE = 128
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_support import randomize_state_dict
 
 from napari_sam2 import CheckpointError, build_model, canonical_config_name
-from reference_support import randomize_state_dict
 
 
 @pytest.mark.parametrize("name, expected", [

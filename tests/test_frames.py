@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from lazy_frames import LazyFrames
 
 from napari_sam2.engine.frames import FrameError, FrameSource, IntensityMapping
-from lazy_frames import LazyFrames
 
 MEAN = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
 STD = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_support import max_abs_diff, reference_with_random_weights
 
 from napari_sam2 import build_model
 from napari_sam2.model.image_encoder import ImageEncoder
-from reference_support import max_abs_diff, reference_with_random_weights
 
 pytestmark = pytest.mark.reference
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_support import max_abs_diff, reference_with_random_weights
 
 from napari_sam2.model.memory_attention import MemoryAttention
 from napari_sam2.model.memory_encoder import MemoryEncoder
-from reference_support import max_abs_diff, reference_with_random_weights
 
 CONFIG = "sam2.1_hiera_t"
 TOL = 1e-4

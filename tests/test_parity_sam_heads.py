@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from reference_support import max_abs_diff, reference_with_random_weights
 from torch import nn
 
-from reference_support import max_abs_diff, reference_with_random_weights
 from napari_sam2.model.mask_decoder import MaskDecoder
 from napari_sam2.model.prompt_encoder import PromptEncoder
 from napari_sam2.model.two_way_transformer import TwoWayTransformer

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from reference_support import CONFIG_NAMES, build_reference
 
 from napari_sam2 import build_model
-from reference_support import CONFIG_NAMES, build_reference
 
 pytestmark = pytest.mark.reference
 

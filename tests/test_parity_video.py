@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from video_scenarios import Pair, synthetic_movie
 
 pytestmark = pytest.mark.reference

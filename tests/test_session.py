@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from napari_sam2 import FrameError, TrackingSession, UnknownObjectError, build_model, labels_from_logits
-from napari_sam2.model.sam2 import NO_OBJECT_SCORE
 from lazy_frames import LazyFrames
 from session_support import IMAGE_SIZE, cells_movie, small_model
 
+from napari_sam2 import FrameError, TrackingSession, UnknownObjectError, labels_from_logits
+from napari_sam2.model.sam2 import NO_OBJECT_SCORE
 
 
 @pytest.fixture(scope="module")

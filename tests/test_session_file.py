@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from lazy_frames import LazyFrames
+from session_support import cells_movie, small_model
 
 from napari_sam2 import SessionFileError, TrackingSession, labels_from_logits, tracks_from_labels, write_label_tiff
 from napari_sam2.engine.session_file import decode_mask_rle, encode_mask_rle
-from lazy_frames import LazyFrames
-from session_support import cells_movie, small_model
 
 
 @pytest.fixture(scope="module")

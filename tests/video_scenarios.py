@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reference_support import fix_reference_bf16_memory_bug, max_abs_diff, reference_with_random_weights
 
 from napari_sam2 import TrackingSession, build_model
-from reference_support import fix_reference_bf16_memory_bug, max_abs_diff, reference_with_random_weights
 
 
 def synthetic_movie(num_frames: int, size: int, seed: int = 0) -> np.ndarray:

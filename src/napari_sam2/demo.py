@@ -1,8 +1,8 @@
-"""Track two synthetic cells through a small 16-bit movie: ``python -m napari_sam2.demo [CHECKPOINT]``.
+"""Track two synthetic cells through a small 16-bit movie: ``python -m napari_sam2.demo [MODEL]``.
 
-Without a checkpoint the model has random weights (nothing is downloaded), so the masks are not
-meaningful, but every step of the real pipeline runs and is timed. With the path of an official
-``sam2.1_hiera_tiny.pt`` the cells are segmented and tracked.
+Without a model the weights are random (nothing is downloaded), so the masks are not meaningful, but
+every step of the real pipeline runs and is timed. With a model name (``sam2.1_hiera_tiny``, downloaded
+once) or a checkpoint path the cells are segmented and tracked.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import TrackingSession, build_model, labels_from_logits
+from . import TrackingSession, build_model, describe_model, labels_from_logits, load_model
 
 
 def synthetic_cells(num_frames: int = 8, size: int = 256, seed: int = 0) -> np.ndarray:
@@ -31,16 +31,18 @@ def synthetic_cells(num_frames: int = 8, size: int = 256, seed: int = 0) -> np.n
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("checkpoint", nargs="?", help="official SAM 2.1 tiny checkpoint (.pt); random weights if omitted")
-    parser.add_argument("--config", default="sam2.1_hiera_tiny")
+    parser.add_argument("model", nargs="?", help="model name or checkpoint (.pt); random weights if omitted")
+    parser.add_argument("--config", default="sam2.1_hiera_tiny", help="architecture for random weights")
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--frames", type=int, default=8)
     args = parser.parse_args(argv)
 
     movie = synthetic_cells(args.frames)
-    model = build_model(args.config, checkpoint=args.checkpoint, image_size=args.image_size)
-    print(f"model {args.config} on {model.device}, image size {args.image_size}, "
-          f"{'random weights' if args.checkpoint is None else args.checkpoint}")
+    if args.model is None:
+        model = build_model(args.config, image_size=args.image_size)
+    else:
+        model = load_model(args.model, image_size=args.image_size, verbose=False)
+    print(f"model {describe_model(model)}")
     session = TrackingSession(model, movie)
     start = time.perf_counter()
     session.add_points(0, obj_id=1, points=[[77, 77]], labels=[1])

@@ -64,7 +64,7 @@ def read_points_csv(path: str | os.PathLike) -> list[ClickPrompt]:
                 raise PromptFileError(f"{path}, line {row_number}: frame (axis-0) {frame} is not a frame index")
             label = 1 if positive_column is None else _polarity(row[positive_column], path, row_number)
             obj_id = 1 if object_column is None else _object_id(row[object_column], path, row_number)
-            points, labels = groups.setdefault((int(round(frame)), obj_id), ([], []))
+            points, labels = groups.setdefault((round(frame), obj_id), ([], []))
             points.append([y, x])
             labels.append(label)
     if not groups:

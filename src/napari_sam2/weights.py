@@ -131,7 +131,7 @@ def fetch_checkpoint(model: str | ModelInfo, cache_dir: str | os.PathLike | None
     try:
         with _pooch_log_level(logging.INFO if progress else logging.WARNING):
             path = pooch.retrieve(info.url, known_hash=f"sha256:{info.sha256}", fname=info.filename,
-                                  path=cache, progressbar=progress and _have_tqdm())
+                                  path=cache, progressbar=progress)
     except requests.exceptions.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "error"
         hint = " (the file is not, or no longer, at this address)" if status == 404 else ""
@@ -170,14 +170,6 @@ def _stale_note(target: Path, had_file: bool) -> str:
         return ""
     return (f" The cached file {target} is there but does not have the expected SHA-256 (damaged or "
             "incomplete); replace it.")
-
-
-def _have_tqdm() -> bool:
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
@@ -302,7 +294,7 @@ def _known_or_none(name: str | os.PathLike) -> ModelInfo | None:
 def describe_model(model: SAM2Model) -> str:
     """One line with where the weights came from, the config, device and dtype, e.g.
     ``sam2.1_hiera_tiny (config sam2.1_hiera_t) on cpu, float32``."""
-    source = getattr(model, "source", None) or "random weights"
+    source = model.source or "random weights"
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     size = f", image size {model.image_size}" if model.image_size != 1024 else ""
     return f"{source} (config {model.config.name}) on {model.device}, {dtype}{size}"

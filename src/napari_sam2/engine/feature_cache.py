@@ -7,7 +7,7 @@ row (a click, then the next click, then propagation); a long movie must still ne
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from ..model.sam2 import ImageFeatures
 

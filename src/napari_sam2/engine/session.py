@@ -34,8 +34,8 @@ from ..model.memory_selection import NUM_MASKMEM, memory_frames, pointer_frames
 from ..model.sam2 import NO_OBJECT_SCORE, ImageFeatures, MemoryItem, SAM2Model
 from .feature_cache import FeatureCache
 from .frames import FrameSource
-from .object_state import FramePrompt, FrameResult, TrackedObject
 from .label_stack import SessionLabels
+from .object_state import FramePrompt, FrameResult, TrackedObject
 from .postprocess import fill_holes, labels_from_logits
 from .session_file import load_session, save_session
 

@@ -40,7 +40,7 @@ def save_session(session: TrackingSession, path: str | os.PathLike) -> Path:
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "axes": "napari order: movie (T, Y, X[, C]); points (row, col) = (y, x); boxes (y0, x0, y1, x1)",
-        "model": {"name": getattr(model, "source", None) or model.config.name, "config": model.config.name,
+        "model": {"name": model.source or model.config.name, "config": model.config.name,
                   "image_size": model.image_size},
         "movie": {"shape": list(session.movie_shape)},
         "settings": session.settings(),

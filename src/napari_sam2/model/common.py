@@ -7,7 +7,6 @@ These mirror the layer types of Meta's reference closely enough that checkpoints
 from __future__ import annotations
 
 import math
-from typing import Type
 
 import torch
 from torch import nn
@@ -42,7 +41,7 @@ class MLP(nn.Module):
         hidden_dim: int,
         output_dim: int,
         num_layers: int,
-        activation: Type[nn.Module] = nn.ReLU,
+        activation: type[nn.Module] = nn.ReLU,
         sigmoid_output: bool = False,
     ) -> None:
         super().__init__()

@@ -62,8 +62,7 @@ def canonical_config_name(name: str) -> str:
     to the short canonical name, or raise ``ValueError`` listing the valid names."""
     key = name.strip().lower()
     for suffix in (".pt", ".yaml"):
-        if key.endswith(suffix):
-            key = key[: -len(suffix)]
+        key = key.removesuffix(suffix)
     key = key.replace("-", "_")
     prefix, _, size = key.rpartition("_hiera_")
     size = _LONG_SIZE_NAMES.get(size, size)

@@ -89,6 +89,7 @@ class SAM2Model(nn.Module):
             raise ValueError(f"image_size must be a multiple of 32 and at least 64, got {image_size}")
         self.config = config
         self.image_size = image_size
+        self.source: str | None = None  # model name or checkpoint path, set by napari_sam2.load_model
         self.embedding_size = image_size // BACKBONE_STRIDE
         h = config.hiera
         self.image_encoder = build_image_encoder(

@@ -7,8 +7,6 @@ the SAM 2 checkpoint (``sam_mask_decoder.transformer.*``).
 
 from __future__ import annotations
 
-from typing import Type
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -61,7 +59,7 @@ class TwoWayAttentionBlock(nn.Module):
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int = 2048,
-                 activation: Type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
+                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
                  skip_first_layer_pe: bool = False) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
@@ -108,7 +106,7 @@ class TwoWayTransformer(nn.Module):
     """
 
     def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 activation: Type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
+                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
         super().__init__()
         self.depth = depth
         self.embedding_dim = embedding_dim
