@@ -129,6 +129,8 @@ def test_save_replaces_the_file_atomically(model, tmp_path):
     session.save(path)
     assert [o["obj_id"] for o in json.loads(path.read_text())["objects"]] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]  # no temporary file left behind
+    (tmp_path / "plain.txt").write_text("")  # the session file gets the permissions any new file gets
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
 
 
 @pytest.mark.parametrize("mask", [

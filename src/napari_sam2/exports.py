@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import tifffile
+
+from .atomic import atomic_target
 
 __all__ = [
     "CTCTrack",
@@ -80,11 +81,6 @@ def _cast(frame: np.ndarray, dtype: np.dtype, t: int) -> np.ndarray:
     return frame.astype(dtype, copy=False)
 
 
-def _partial_name(path: Path) -> Path:
-    """A hidden sibling of ``path`` to write into before the final rename."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
-
-
 def write_label_tiff(
     path: str | os.PathLike, labels: Any, *, axes: str = "TYX", overwrite: bool = False
 ) -> Path:
@@ -105,25 +101,19 @@ def write_label_tiff(
         raise ValueError("the label stack has no frames")
     dtype = label_dtype(labels)
     pages = (_cast(frame, dtype, t) for t, frame in enumerate(_frames(labels)))
-    partial = _partial_name(path)
-    try:
-        with open(partial, "xb") as fh:
-            tifffile.imwrite(
-                fh,
-                pages,
-                shape=tuple(labels.shape),
-                dtype=dtype,
-                photometric="minisblack",
-                compression="zlib",
-                ome=True,
-                metadata={"axes": axes},
-            )
+    with atomic_target(path) as partial, open(partial, "xb") as fh:
+        tifffile.imwrite(
+            fh,
+            pages,
+            shape=tuple(labels.shape),
+            dtype=dtype,
+            photometric="minisblack",
+            compression="zlib",
+            ome=True,
+            metadata={"axes": axes},
+        )
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} appeared while writing; pass overwrite=True to replace it")
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..atomic import atomic_target
 from .object_state import FramePrompt
 
 if TYPE_CHECKING:
@@ -51,15 +51,8 @@ def save_session(session: TrackingSession, path: str | os.PathLike) -> Path:
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename: an interrupted save never leaves a half-written session.
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(_readable_json(document) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as partial:
+        partial.write_text(_readable_json(document) + "\n", encoding="utf-8")
     return path
 
 
