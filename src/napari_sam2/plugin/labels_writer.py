@@ -1,0 +1,671 @@
+"""Writing tracking results into a napari Labels layer, and finding the user's corrections.
+
+Qt-free (it imports no Qt widget and nothing of torch) so that it can be tested on its own and used from scripts.
+
+The engine (:class:`napari_sam2.TrackingSession`) produces, per frame, a (Y, X) label image in which each tracked
+object has its id and the rest is 0 (:func:`napari_sam2.labels_from_logits`). :class:`LabelsWriter` puts such a
+label image into one (Y, X) plane of a Labels layer without disturbing anything the engine does not own:
+
+* **scoped writes** -- only pixels that hold 0 or one of the tracked ids may change; every other label (a
+  hand-drawn label 9, a segmentation of other cells) is left exactly as it is, also where a tracked object's new
+  mask covers it. A pixel that held a tracked id the new result no longer has there becomes 0;
+* **undo** -- every write goes through the public ``Labels.data_setitem`` so it lands in napari's undo history
+  (one frame = one undo step, or a whole propagation run = one undo step, see
+  :meth:`LabelsWriter.one_undo_step` / :meth:`LabelsWriter.begin_undo_group`) and the displayed slice is updated;
+* **corrections** -- the writer remembers (compressed) what it last wrote on each frame for the tracked ids and
+  reports where the user has since painted or erased a tracked object (:meth:`LabelsWriter.edited_frames`).
+
+Axis order follows napari: the layer is (T, Y, X), (T, Z, Y, X) with one Z plane tracked over T, (Z, Y, X) tracked
+along Z, or any other order whose last two axes are (Y, X); pixel coordinates are (row, col) = (y, x).
+"""
+
+from __future__ import annotations
+
+import operator
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LabelsWriter", "next_free_label"]
+
+# Elements per block when a non-numpy (dask, zarr, ...) layer is scanned for its largest label.
+_MAX_BLOCK_ELEMENTS = 1 << 25
+
+
+class _AllIds:
+    """Stands for 'every id' in the per-frame set of ids whose state is known."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def add(self, item: int) -> None:
+        pass
+
+    def update(self, items: Iterable[int]) -> None:
+        pass
+
+    def discard(self, item: int) -> None:
+        # Forgetting one id does not make a frame that held no label at all hold one.
+        pass
+
+
+_ALL_IDS = _AllIds()
+
+
+@dataclass(frozen=True)
+class _PackedPlane:
+    """One (Y, X) label plane, stored as the zlib-compressed bounding box of its non-zero pixels."""
+
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1 (end exclusive)
+    dtype: str
+    payload: bytes
+    ids: frozenset[int]  # the labels it may hold (a superset: lets a write skip decompressing it)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload) + 64  # payload plus a rough allowance for the object itself
+
+
+# Pixels of one user edit kept to tell later whether the edit is still in effect (not undone).
+_EDIT_SAMPLES = 1024
+
+
+@dataclass
+class _UserEdit:
+    """One user edit (a paint event) on one frame: the labels it replaced or put there, and a sample of its pixels.
+
+    The edit is "in effect" while at least one sampled pixel still holds the value the edit put there; napari's
+    undo puts the old values back (every recorded pixel changed, so old != new), which takes the edit out of
+    effect, and redo brings it back.
+    """
+
+    ids: set[int]
+    ys: np.ndarray
+    xs: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, ids: set[int], ys: np.ndarray, xs: np.ndarray, values: np.ndarray) -> _UserEdit:
+        if ys.size > _EDIT_SAMPLES:
+            keep = np.linspace(0, ys.size - 1, _EDIT_SAMPLES).astype(np.intp)
+            ys, xs, values = ys[keep], xs[keep], values[keep]
+        ids = {i for i in ids if i != 0}
+        return cls(ids, ys.astype(np.intp), xs.astype(np.intp), np.asarray(values, dtype=np.int64))
+
+    def in_effect(self, plane: np.ndarray) -> bool:
+        return bool(self.ys.size) and bool((plane[self.ys, self.xs] == self.values).any())
+
+
+def _pack(plane: np.ndarray, ids: Iterable[int]) -> _PackedPlane | None:
+    """Compress a non-negative (Y, X) label plane whose labels are among ``ids``; None when it is all 0.
+
+    zlib level 6: for a 2048 x 2048 frame with five cells of 30-50 px radius spread over the frame, about 3.5 kB
+    (level 1 gives 13 kB) in about 10 ms.
+    """
+    nonzero = plane != 0
+    rows = np.flatnonzero(nonzero.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(nonzero.any(axis=0))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = plane[y0:y1, x0:x1]
+    top = int(crop.max())
+    dtype = next((d for d in (np.uint8, np.uint16, np.uint32) if top <= np.iinfo(d).max), np.int64)
+    payload = zlib.compress(np.ascontiguousarray(crop, dtype=dtype).tobytes(), 6)
+    return _PackedPlane((y0, y1, x0, x1), np.dtype(dtype).str, payload, frozenset(int(i) for i in ids))
+
+
+def _unpack(packed: _PackedPlane | None, shape: tuple[int, int]) -> np.ndarray:
+    """The (Y, X) plane that :func:`_pack` compressed (all 0 for None)."""
+    if packed is None:
+        return np.zeros(shape, dtype=np.uint8)
+    y0, y1, x0, x1 = packed.box
+    dtype = np.dtype(packed.dtype)
+    plane = np.zeros(shape, dtype=dtype)
+    plane[y0:y1, x0:x1] = np.frombuffer(zlib.decompress(packed.payload), dtype=dtype).reshape(y1 - y0, x1 - x0)
+    return plane
+
+
+def _as_ids(obj_ids: Iterable[int]) -> np.ndarray:
+    """Sorted unique int64 array of object ids; each must be an integer >= 1."""
+    if isinstance(obj_ids, np.ndarray):
+        obj_ids = obj_ids.ravel().tolist()
+    ids = sorted({operator.index(i) for i in obj_ids})
+    if ids and ids[0] < 1:
+        raise ValueError(f"object ids must be >= 1 (0 is the background), got {ids[0]}")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _isin(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    if ids.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    return np.isin(values, ids)
+
+
+def _range_of(key: Any, size: int) -> range:
+    """The indices an int or slice in a history atom's key covers on an axis of length ``size``."""
+    if isinstance(key, slice):
+        return range(size)[key]
+    index = operator.index(key)
+    return range(index, index + 1)
+
+
+def next_free_label(layer: Any) -> int:
+    """The largest label in ``layer`` (a napari Labels layer, or a bare array) plus 1; 1 for an empty layer.
+
+    A numpy layer is reduced in one ``max()``; any other array (dask, zarr, xarray, tensorstore, ...) is read in
+    blocks along its first axis of at most 2**25 elements, so the pass needs bounded memory. A multiscale layer
+    is read at full resolution (level 0), since downsampling can drop small labels.
+    """
+    data = getattr(layer, "data", layer)
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    if isinstance(data, np.ndarray):
+        top = int(data.max()) if data.size else 0
+        return max(top, 0) + 1
+    shape = tuple(int(n) for n in data.shape)
+    if 0 in shape:
+        return 1
+    if len(shape) == 0:
+        return max(int(np.asarray(data)), 0) + 1
+    per_index = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    step = max(1, _MAX_BLOCK_ELEMENTS // max(per_index, 1))
+    top = 0
+    for start in range(0, shape[0], step):
+        block = np.asarray(data[start : start + step])
+        if block.size:
+            top = max(top, int(block.max()))
+    return top + 1
+
+
+class LabelsWriter:
+    """Writes the engine's per-frame label images into one napari Labels layer and reports the user's corrections.
+
+    Parameters
+    ----------
+    layer
+        The ``napari.layers.Labels`` layer (single scale) to write into. Its last two axes are (Y, X).
+    frame_axis
+        The axis that is tracked: 0 for (T, Y, X), (T, Z, Y, X) or (Z, Y, X) tracked along Z. Negative values count
+        from the end.
+    fixed_index
+        ``{axis: index}`` for every leading axis other than ``frame_axis``: for a (T, Z, Y, X) layer in which plane
+        z is tracked over T, ``frame_axis=0, fixed_index={1: z}``.
+
+    ``frame_slice(t)`` is the key of the (Y, X) plane of frame ``t``. The writer listens to the layer's ``paint``
+    event (emitted by napari's brush, fill, polygon and ``data_setitem``) to learn which frames and ids the user
+    has touched; see :meth:`edited_frames` for the rules. Call :meth:`close` to stop listening.
+    """
+
+    def __init__(self, layer: Any, frame_axis: int = 0, fixed_index: Mapping[int, int] | None = None):
+        if getattr(layer, "multiscale", False):
+            raise ValueError("a multiscale Labels layer cannot be edited; convert it to a single-scale layer first")
+        self.layer = layer
+        shape = tuple(int(n) for n in layer.data.shape)
+        ndim = len(shape)
+        if ndim < 3:
+            raise ValueError(f"the Labels layer must have a frame axis before (Y, X); its shape is {shape}")
+        if not -ndim <= frame_axis < ndim - 2:
+            raise ValueError(f"frame_axis {frame_axis} is not a leading axis of a layer of shape {shape}")
+        self.frame_axis = frame_axis % ndim
+        fixed: dict[int, int] = {}
+        for axis, index in (fixed_index or {}).items():
+            axis = operator.index(axis)
+            if not -ndim <= axis < ndim - 2 or axis % ndim == self.frame_axis:
+                raise ValueError(f"fixed_index axis {axis} is not a leading axis other than the frame axis")
+            index = operator.index(index)
+            if not 0 <= index < shape[axis % ndim]:
+                raise ValueError(f"fixed_index {index} is out of range for axis {axis} of length {shape[axis % ndim]}")
+            fixed[axis % ndim] = index
+        missing = [ax for ax in range(ndim - 2) if ax != self.frame_axis and ax not in fixed]
+        if missing:
+            raise ValueError(f"fixed_index must give an index for every leading axis other than the frame axis; "
+                             f"missing axes {missing} of a layer of shape {shape}")
+        self.fixed_index = fixed
+        self._shape = shape
+        self._plane_shape = shape[-2:]
+        # What the engine last wrote per frame, restricted to the ids it wrote there (see _store_record).
+        self._records: dict[int, _PackedPlane] = {}
+        # Per frame: the user's edits (paint events) of ids the engine has not written/synced there since.
+        self._edits: dict[int, list[_UserEdit]] = {}
+        # Per frame: ids found in content of unknown origin (before the writer, or after layer.data was replaced).
+        self._found: dict[int, set[int]] = {}
+        # Per frame: ids whose state on that frame is known (written, synced, or scanned and found absent).
+        # A frame missing here is entirely unknown: whatever was there before the writer existed may be a prompt.
+        self._known: dict[int, set[int] | _AllIds] = {}
+        self._tracked: set[int] = set()
+        self._writing = 0
+        self._group_depth = 0
+        self._group_cm: Any = None
+        layer.events.paint.connect(self._on_paint)
+        layer.events.data.connect(self._on_data)
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def n_frames(self) -> int:
+        """Length of the frame axis."""
+        return self._shape[self.frame_axis]
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """(Y, X) shape of one frame."""
+        return self._plane_shape
+
+    def frame_slice(self, t: int) -> tuple[int | slice, ...]:
+        """Key into ``layer.data`` of the (Y, X) plane of frame ``t``."""
+        t = self._check_frame(t)
+        key: list[int | slice] = []
+        for axis in range(len(self._shape) - 2):
+            key.append(t if axis == self.frame_axis else self.fixed_index[axis])
+        return (*key, slice(None), slice(None))
+
+    def read_frame(self, t: int) -> np.ndarray:
+        """The current (Y, X) plane of frame ``t`` as a numpy array (a view for a numpy layer: do not modify)."""
+        return np.asarray(self.layer.data[self.frame_slice(t)])
+
+    def _check_frame(self, t: int) -> int:
+        t = operator.index(t)
+        if not 0 <= t < self.n_frames:
+            raise IndexError(f"frame {t} is out of range: the frame axis has {self.n_frames} frames")
+        return t
+
+    def _full_indices(self, t: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, ...]:
+        lead = [
+            np.full(ys.size, t if axis == self.frame_axis else self.fixed_index[axis], dtype=np.intp)
+            for axis in range(len(self._shape) - 2)
+        ]
+        return (*lead, ys.astype(np.intp, copy=False), xs.astype(np.intp, copy=False))
+
+    def check_ids_fit(self, obj_ids: Iterable[int]) -> None:
+        """Raise ValueError unless every id in ``obj_ids`` fits the layer's dtype (uint8 cannot hold 300)."""
+        ids = _as_ids(obj_ids)
+        dtype = np.dtype(self.layer.data.dtype)
+        if not np.issubdtype(dtype, np.integer):
+            raise ValueError(f"the Labels layer has dtype {dtype}, not an integer dtype")
+        if ids.size and int(ids[-1]) > np.iinfo(dtype).max:
+            raise ValueError(f"object id {int(ids[-1])} does not fit the Labels layer's dtype {dtype} "
+                             f"(largest {np.iinfo(dtype).max}); use a layer with a wider dtype, e.g. int32")
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def is_writing(self) -> bool:
+        """True while the writer itself changes the layer (so that listeners can tell its edits from the user's)."""
+        return self._writing > 0
+
+    @contextmanager
+    def _writing_guard(self) -> Iterator[None]:
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+
+    def write_frame(self, t: int, obj_ids: Iterable[int], frame_labels: np.ndarray, refresh: bool = True) -> int:
+        """Write the engine's (Y, X) label image of frame ``t`` for the objects ``obj_ids``; returns pixels changed.
+
+        ``frame_labels`` holds 0 or an id of ``obj_ids`` per pixel (row, col) = (y, x), e.g. from
+        :func:`napari_sam2.labels_from_logits`. Only pixels that currently hold 0 or one of ``obj_ids`` change:
+        they take the value of ``frame_labels`` (so a tracked id the result no longer has there becomes 0). Any
+        other label stays as it is, also where a new mask covers it. The change is one ``Labels.data_setitem``
+        call: one undo step, or part of the open undo group (:meth:`begin_undo_group`).
+
+        Raises ValueError, before anything is written, when an id does not fit the layer's dtype, when
+        ``frame_labels`` has the wrong shape or holds a value that is neither 0 nor in ``obj_ids``.
+        """
+        t = self._check_frame(t)
+        ids = _as_ids(obj_ids)
+        self.check_ids_fit(ids)
+        new = np.asarray(frame_labels)
+        if new.shape != self._plane_shape:
+            raise ValueError(f"frame_labels has shape {new.shape}, the layer's (Y, X) planes are {self._plane_shape}")
+        if new.dtype == bool or not np.issubdtype(new.dtype, np.integer):
+            raise ValueError(f"frame_labels must be an integer label image, got dtype {new.dtype}")
+        new_tracked = _isin(new, ids)
+        if np.count_nonzero(new_tracked) != np.count_nonzero(new):  # ids are >= 1, so new_tracked implies new != 0
+            stray = new[(new != 0) & ~new_tracked]
+            raise ValueError(f"frame_labels holds label {int(stray[0])}, which is not in obj_ids")
+
+        current = self.read_frame(t)
+        writable = _isin(current, ids)
+        writable |= current == 0
+        changed = current != new
+        changed &= writable
+        ys, xs = np.nonzero(changed)
+        # After the write the tracked ids sit exactly where the new labels are and the pixel was writable (where a
+        # writable pixel did not change, it already held the new label). Computed before writing: for a numpy
+        # layer ``current`` is a view that the write changes.
+        new_tracked &= writable
+        written = np.where(new_tracked, new, 0)
+        if ys.size:
+            values = new[ys, xs].astype(self.layer.data.dtype, copy=False)
+            with self._writing_guard():
+                self.layer.data_setitem(self._full_indices(t, ys, xs), values, refresh=refresh)
+        self._store_record(t, ids, written)
+        return int(ys.size)
+
+    def _store_record(self, t: int, ids: np.ndarray, written: np.ndarray) -> None:
+        """Record that frame ``t`` holds, for ``ids``, the labels of ``written`` (0 elsewhere); other ids' record stays."""
+        old = self._records.get(t)
+        id_list = [int(i) for i in ids]
+        record_ids = set(id_list)
+        if old is None or old.ids <= record_ids:
+            record = written
+        else:
+            previous = _unpack(old, self._plane_shape)
+            record = np.where(written != 0, written, np.where(_isin(previous, ids), 0, previous))
+            record_ids |= old.ids
+        packed = _pack(record, record_ids)
+        if packed is None:
+            self._records.pop(t, None)
+        else:
+            self._records[t] = packed
+        self._tracked.update(id_list)
+        self._drop_ids(t, id_list)
+        self._known.setdefault(t, set()).update(id_list)
+
+    def _drop_ids(self, t: int, ids: Iterable[int]) -> None:
+        """The user's edits and found content of ``ids`` on frame ``t`` are synced (or forgotten)."""
+        ids = set(ids)
+        found = self._found.get(t)
+        if found is not None:
+            found -= ids
+            if not found:
+                del self._found[t]
+        edits = self._edits.get(t)
+        if edits is not None:
+            for edit in edits:
+                edit.ids -= ids
+            edits[:] = [edit for edit in edits if edit.ids]
+            if not edits:
+                del self._edits[t]
+
+    # ------------------------------------------------------------------ undo grouping
+
+    # napari groups history atoms into one undo item while ``layer._block_history`` is set. The public way to set it
+    # is the ``Labels.block_history()`` context manager; ``_begin_stroke``/``_commit_stroke`` do the same for brush
+    # strokes but are private. A propagation run writes frames across many Qt event-loop iterations, which no
+    # ``with`` block can span, so begin_undo_group()/end_undo_group() enter and exit that same public context
+    # manager by hand (``__enter__`` on begin, ``__exit__`` on end): the flag simply stays set in between.
+    # Caveats, inherent to napari's single staging list: a brush stroke the user finishes while a group is open
+    # commits the group's atoms so far together with the stroke and clears the flag (``_commit_stroke``), so the
+    # rest of the run gives one undo step per frame; an undo pressed while the group is open undoes the step
+    # before the run. The widget should therefore keep the layer in pan_zoom mode during a run -- not set
+    # ``layer.editable = False``, which makes napari clear the layer's whole undo history.
+    # The group is always committed, also when the run fails, so whatever was written can be undone.
+
+    @property
+    def in_undo_group(self) -> bool:
+        """True between :meth:`begin_undo_group` and the matching :meth:`end_undo_group`."""
+        return self._group_depth > 0
+
+    def begin_undo_group(self) -> None:
+        """Start collecting writes into one undo step (may span Qt event-loop iterations); calls nest."""
+        if self._group_depth == 0:
+            cm = self.layer.block_history()
+            cm.__enter__()
+            self._group_cm = cm
+        self._group_depth += 1
+
+    def end_undo_group(self) -> None:
+        """Commit the writes since the outermost :meth:`begin_undo_group` as one undo step."""
+        if self._group_depth == 0:
+            raise RuntimeError("end_undo_group() without begin_undo_group()")
+        self._group_depth -= 1
+        if self._group_depth == 0:
+            cm, self._group_cm = self._group_cm, None
+            # Committing emits the layer's paint event for the whole group; it is the writer's, not the user's.
+            with self._writing_guard():
+                cm.__exit__(None, None, None)
+
+    @contextmanager
+    def one_undo_step(self) -> Iterator[None]:
+        """``with writer.one_undo_step(): ...`` -- all writes inside become one undo step (also on an error)."""
+        self.begin_undo_group()
+        try:
+            yield
+        finally:
+            self.end_undo_group()
+
+    # ------------------------------------------------------------------ corrections
+
+    def _on_paint(self, event: Any) -> None:
+        if self._writing:
+            return
+        try:
+            edits = self._edits_of(getattr(event, "value", None))
+        except Exception:  # noqa: BLE001 - an unknown history format must not break painting
+            edits = None
+        if edits is None:  # cannot tell what changed: every frame's state becomes unknown
+            self._known.clear()
+            return
+        for t, edit in edits.items():
+            if edit.ids:
+                self._edits.setdefault(t, []).append(edit)
+
+    def _edits_of(self, item: Any) -> dict[int, _UserEdit] | None:
+        """Per frame of the tracked plane, what one history item (a list of atoms) changed; None if unreadable."""
+        parts: dict[int, list[tuple[set[int], np.ndarray, np.ndarray, np.ndarray]]] = {}
+        lead = len(self._shape) - 2
+        for atom in item:
+            if hasattr(atom, "slice_key") and hasattr(atom, "old_values") and hasattr(atom, "new_value"):
+                # Mask-based edit (brush, fill, polygon): bounding box, mask (None: all of it), old values, new label.
+                ranges = [_range_of(k, n) for k, n in zip(atom.slice_key, self._shape, strict=True)]
+                if any(index not in ranges[axis] for axis, index in self.fixed_index.items()):
+                    continue
+                mask = None if atom.mask is None else np.asarray(atom.mask, dtype=bool)
+                old_values = np.asarray(atom.old_values)
+                if mask is not None:
+                    old_full = np.zeros(mask.shape, dtype=old_values.dtype)
+                    old_full[mask] = old_values.ravel()
+                else:
+                    old_full = old_values
+                for t in ranges[self.frame_axis]:
+                    select = tuple(
+                        ranges[axis].index(t if axis == self.frame_axis else self.fixed_index[axis])
+                        for axis in range(lead)
+                    )
+                    plane_old = old_full[select]
+                    plane_mask = np.ones(plane_old.shape, dtype=bool) if mask is None else mask[select]
+                    ys, xs = np.nonzero(plane_mask)
+                    if ys.size == 0:
+                        continue
+                    ids = {int(v) for v in np.unique(plane_old[plane_mask])} | {int(atom.new_value)}
+                    values = np.full(ys.size, int(atom.new_value), dtype=np.int64)
+                    ry, rx = ranges[-2], ranges[-1]
+                    parts.setdefault(t, []).append((ids, ys * ry.step + ry.start, xs * rx.step + rx.start, values))
+            elif isinstance(atom, tuple) and len(atom) == 3:
+                # data_setitem: (fancy indices, old values, new value(s)).
+                indices, old, new = atom
+                indices = [np.asarray(i).ravel() for i in indices]
+                if len(indices) != len(self._shape):
+                    return None
+                keep = np.ones(indices[0].shape, dtype=bool)
+                for axis, index in self.fixed_index.items():
+                    keep &= indices[axis] == index
+                old = np.asarray(old).ravel()
+                new = np.asarray(new)
+                new = np.broadcast_to(new, old.shape) if new.ndim == 0 else new.ravel()
+                frames, ys, xs = indices[self.frame_axis][keep], indices[-2][keep], indices[-1][keep]
+                old, new = old[keep], new[keep]
+                for t in np.unique(frames):
+                    here = frames == t
+                    ids = {int(v) for v in np.unique(old[here])} | {int(v) for v in np.unique(new[here])}
+                    parts.setdefault(int(t), []).append((ids, ys[here], xs[here], new[here].astype(np.int64)))
+            else:
+                return None
+        return {
+            t: _UserEdit.of(
+                set().union(*(p[0] for p in pieces)),
+                np.concatenate([p[1] for p in pieces]),
+                np.concatenate([p[2] for p in pieces]),
+                np.concatenate([p[3] for p in pieces]),
+            )
+            for t, pieces in parts.items()
+        }
+
+    def _on_data(self, event: Any = None) -> None:
+        # layer.data was replaced: the records may no longer describe it.
+        if tuple(int(n) for n in self.layer.data.shape) != self._shape:
+            self._shape = tuple(int(n) for n in self.layer.data.shape)
+            self._plane_shape = self._shape[-2:]
+            self._records.clear()
+            self._edits.clear()
+            self._found.clear()
+        self._known.clear()
+
+    def edited_frames(
+        self, obj_ids: Iterable[int], frames: Iterable[int] | None = None
+    ) -> dict[int, dict[int, np.ndarray]]:
+        """The user's corrections of the objects ``obj_ids``: ``{frame: {obj_id: bool mask (Y, X)}}``.
+
+        A frame is reported when, for one of ``obj_ids``, the layer now differs from what the engine last wrote
+        there (a pixel painted into the object, or erased from it); each reported object comes with its whole
+        current mask on that frame (all False if the user erased it entirely). A frame the engine never wrote on
+        counts as written empty, so an object painted there (a user prompt) is reported.
+
+        Which differences count, with ``frames=None`` (the usual call):
+
+        * differences in ids that a user edit still in effect touched (painted, or painted over) since the engine
+          last wrote them on that frame -- edits are learnt from the layer's ``paint`` event (napari's brush,
+          eraser, fill, polygon and ``data_setitem``); an edit the user has undone is no longer in effect, one
+          redone is again;
+        * differences on frames whose state the writer does not know: content that was in the layer before the
+          writer was created, or after ``layer.data`` was replaced (found by reading those frames once);
+        * **not** differences left by undoing (or redoing) the engine's own writes: napari emits no event for
+          undo/redo, and the sensible reading of "undo the propagation" is "show the old result", not "the user
+          drew the old result as corrections" (which would turn an undone first run into "object absent" prompts
+          on every frame). A later stroke of an object on such a frame reports that object's whole current mask,
+          as always;
+        * **not** direct assignments to ``layer.data[...]`` (no event): pass ``frames`` after such writes.
+
+        With ``frames`` given, exactly those frames are compared for every id of ``obj_ids``, whatever happened:
+        any difference from the engine's last write is reported, undo included.
+
+        The record stays as it is: a reported frame is reported again until :meth:`write_frame` or
+        :meth:`mark_synced` updates it.
+        """
+        ids = _as_ids(obj_ids)
+        out: dict[int, dict[int, np.ndarray]] = {}
+        if ids.size == 0:
+            return out
+        strict = frames is not None
+        wanted = {int(i) for i in ids}
+        candidates = range(self.n_frames) if frames is None else sorted({self._check_frame(t) for t in frames})
+        for t in candidates:
+            if strict:
+                masks = self._compare(t, self.read_frame(t), ids, [])
+            else:
+                known = self._known.get(t, set())
+                unknown = [i for i in sorted(wanted) if i not in known]
+                edits = self._edits.get(t, [])
+                found = self._found.get(t, set())
+                if not unknown and not (wanted & found) and not any(wanted & edit.ids for edit in edits):
+                    continue
+                current = self.read_frame(t)
+                touched = set(found).union(*(edit.ids for edit in edits if edit.in_effect(current)))
+                check = (set(unknown) | touched) & wanted
+                if not check:
+                    continue
+                masks = self._compare(t, current, np.asarray(sorted(check), dtype=np.int64), unknown)
+            if masks:
+                out[t] = masks
+        return out
+
+    def _compare(self, t: int, current: np.ndarray, ids: np.ndarray, unknown: list[int]) -> dict[int, np.ndarray]:
+        """Masks of the ids among ``ids`` whose pixels on frame ``t`` differ from the record."""
+        packed = self._records.get(t)
+        if packed is None and not current.any():
+            # Nothing there and nothing written: every id's state on this frame is known (absent).
+            self._known[t] = _ALL_IDS
+            return {}
+        cur_in = _isin(current, ids)
+        if packed is None:
+            affected = np.unique(current[cur_in])
+        else:
+            record = _unpack(packed, self._plane_shape)
+            cur_t = np.where(cur_in, current, 0)
+            rec_t = np.where(_isin(record, ids), record, 0)
+            diff = cur_t != rec_t
+            affected = np.union1d(cur_t[diff], rec_t[diff])
+        affected_ids = [int(i) for i in affected if i != 0]
+        known = self._known.setdefault(t, set())
+        for i in unknown:  # scanned: absent ids are now known, present ones stay reported until synced
+            known.add(i)
+            if i in affected_ids:
+                self._found.setdefault(t, set()).add(i)
+        return {i: current == i for i in affected_ids}
+
+    def mark_synced(self, t: int, obj_ids: Iterable[int] | None = None) -> None:
+        """Accept the layer's current content of frame ``t`` for ``obj_ids`` as the engine's (e.g. after handing the
+        user's masks to the engine as prompts); None means every id the writer tracks plus those the user touched."""
+        t = self._check_frame(t)
+        if obj_ids is None:
+            edits = self._edits.get(t, [])
+            obj_ids = self._tracked | self._found.get(t, set()) | set().union(*(edit.ids for edit in edits))
+        ids = _as_ids(obj_ids)
+        if ids.size:
+            current = self.read_frame(t)
+            self._store_record(t, ids, np.where(_isin(current, ids), current, 0))
+
+    def forget(self, obj_id: int) -> None:
+        """Drop everything the writer remembers about ``obj_id`` (a removed object). The layer is not changed."""
+        obj_id = operator.index(obj_id)
+        self._tracked.discard(obj_id)
+        for t, packed in list(self._records.items()):
+            if obj_id not in packed.ids:
+                continue
+            plane = _unpack(packed, self._plane_shape)
+            plane[plane == obj_id] = 0
+            repacked = _pack(plane, packed.ids - {obj_id})
+            if repacked is None:
+                del self._records[t]
+            else:
+                self._records[t] = repacked
+        for t in set(self._edits) | set(self._found):
+            self._drop_ids(t, [obj_id])
+        for known in self._known.values():
+            known.discard(obj_id)
+
+    def reset(self) -> None:
+        """Forget all records: every frame counts as never written and of unknown content."""
+        self._records.clear()
+        self._edits.clear()
+        self._found.clear()
+        self._known.clear()
+        self._tracked.clear()
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def tracked_ids(self) -> set[int]:
+        """Ids the writer has written or synced (and not forgotten)."""
+        return set(self._tracked)
+
+    @property
+    def written_frames(self) -> list[int]:
+        """Frames whose record holds at least one tracked pixel."""
+        return sorted(self._records)
+
+    def recorded_frame(self, t: int) -> np.ndarray:
+        """The engine's last write on frame ``t`` as a (Y, X) label plane (0 where it wrote nothing)."""
+        return _unpack(self._records.get(self._check_frame(t)), self._plane_shape)
+
+    def record_nbytes(self) -> int:
+        """Approximate memory held by the records of all frames."""
+        return sum(p.nbytes for p in self._records.values())
+
+    def close(self) -> None:
+        """Stop listening to the layer's events (an open undo group is committed)."""
+        while self._group_depth:
+            self.end_undo_group()
+        for emitter, callback in ((self.layer.events.paint, self._on_paint), (self.layer.events.data, self._on_data)):
+            try:
+                emitter.disconnect(callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
