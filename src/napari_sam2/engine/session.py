@@ -324,14 +324,17 @@ class TrackingSession:
         backward from frame 0 covers nothing. Stopping the generator early (cancel) keeps every frame
         yielded so far; nothing else changes.
         """
+        start = self._check_run(start, direction, max_frames)
+        return self._propagate(start, direction, max_frames)
+
+    def _check_run(self, start: int | None, direction: str, max_frames: int | None) -> int | None:
+        """Validated propagation arguments (shared by :meth:`propagate` and :meth:`frames_to_visit`)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
                                        or max_frames < 0):
             raise ValueError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
-        if start is not None:
-            start = self.source.check_index(start)
-        return self._propagate(start, direction, max_frames)
+        return None if start is None else self.source.check_index(start)
 
     @torch.inference_mode()  # on a generator function torch enters the mode around each step only
     def _propagate(self, start: int | None, direction: str, max_frames: int | None) -> Iterator[FrameOutput]:
@@ -343,11 +346,8 @@ class TrackingSession:
     def frames_to_visit(self, start: int | None = None, direction: str = "forward",
                         max_frames: int | None = None) -> list[int]:
         """The frames :meth:`propagate` with these arguments would yield, in order (for progress bars)."""
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        if start is not None:
-            start = self.source.check_index(start)
-        elif not any(obj.cond or obj.pending for obj in self._objects.values()):
+        start = self._check_run(start, direction, max_frames)
+        if start is None and not any(obj.cond or obj.pending for obj in self._objects.values()):
             return []
         return [frame for frame, _, _ in self._visit_plan(start, direction, max_frames)]
 
