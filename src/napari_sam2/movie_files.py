@@ -45,11 +45,15 @@ class ReorderedFrames:
     (never the whole stack) to keep memory bounded.
     """
 
-    def __init__(self, array: Any, axes: str, track: str | None, channel: str | None) -> None:
+    def __init__(self, array: Any, axes: str, track: str | None, channel: str | None,
+                 fixed: dict[str, int] | None = None) -> None:
+        """``axes`` names every axis of ``array`` (with "Y", "X"); ``track`` is the frame axis, ``channel`` the
+        colour axis kept last; any other axis is read at its ``fixed`` index (default 0)."""
         self._array = array
         self._axes = axes
         self._track = track
         self._channel = channel
+        self._fixed = dict(fixed or {})
         sizes = dict(zip(axes, array.shape))
         self.shape = ((sizes[track] if track else 1), sizes["Y"], sizes["X"]) + ((sizes[channel],) if channel else ())
         self.dtype = np.dtype(array.dtype)
@@ -72,7 +76,7 @@ class ReorderedFrames:
                 index.append(slice(None))
                 kept.append(name)
             else:
-                index.append(0)  # a singleton axis
+                index.append(self._fixed.get(name, 0))  # a singleton axis, or a plane chosen by the caller
         plane = np.asarray(self._array[tuple(index)])
         order = [kept.index(name) for name in ("Y", "X", self._channel) if name in kept]
         return np.transpose(plane, order)

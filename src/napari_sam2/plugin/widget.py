@@ -1,0 +1,838 @@
+"""The "SAM 2 tracking" dock widget: click, see, propagate, correct, export.
+
+Axis order and coordinates are napari's: the image layer's leading axes (e.g. (T,), (T, Z), (Z,)), then
+(row, col) = (y, x). Model work runs in napari ``thread_worker`` threads, one at a time; the GUI thread only reads
+prompt layers and writes results (through :class:`~napari_sam2.plugin.labels_writer.LabelsWriter`, so Undo works).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..exports import tracks_from_labels, write_ctc, write_label_tiff
+from ..weights import DEFAULT_MODEL, KNOWN_MODELS, describe_model, load_model
+from .controller import Correction, FrameWrite, TrackingController
+from .labels_writer import next_free_label
+from .object_list import ObjectList
+from .prompt_layers import (
+    make_points_layer,
+    make_shapes_layer,
+    prompt_rows,
+    read_prompts,
+    remove_object_prompts,
+    set_prompt_defaults,
+)
+from .track_target import TargetError, TrackTarget, current_indices, layer_data, leading_axes
+
+CUSTOM_CHECKPOINT = "custom checkpoint…"
+NEW_LABELS = "(new Labels layer)"
+DIRECTIONS = ("forward", "backward", "both")
+
+# Shortcut -> (widget method name, what it does); bound on the prompt layers and the output Labels layer.
+SHORTCUTS = {
+    "T": ("toggle_click_polarity", "switch new clicks between positive (green) and negative (red)"),
+    "Shift-N": ("new_object", "new object (next free label)"),
+    "Shift-M": ("use_painted_mask", "send the selected object's painted mask on this frame as a prompt"),
+    "Shift-F": ("propagate_forward", "propagate forward from this frame"),
+    "Shift-B": ("propagate_backward", "propagate backward from this frame"),
+    "Shift-A": ("propagate_both", "propagate both ways from this frame"),
+    "Shift-C": ("cancel", "cancel the running propagation"),
+}
+
+
+def shortcut_help() -> str:
+    return "\n".join(f"{key}: {text}" for key, (_, text) in SHORTCUTS.items())
+
+
+class SAM2TrackingWidget(QWidget):
+    """Dock widget over one :class:`~napari_sam2.TrackingSession` (see the user guide, docs/user-guide.md)."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.controller = TrackingController()
+        self.points_layer: Points | None = None
+        self.shapes_layer: Shapes | None = None
+        self._worker: Any = None
+        self._prompts_dirty = False
+        self._run_state: dict[str, Any] | None = None
+        self._old_prompt_layers: list[Any] = []
+        self._generation = 0  # bumped whenever the target changes: results of older workers are dropped
+        self._build_ui()
+        self.setToolTip("Keyboard shortcuts (with a SAM 2 layer selected):\n" + shortcut_help())
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._refresh_layer_choices)
+        layers.events.removed.connect(self._on_layer_removed)
+        self._refresh_layer_choices()
+
+    # ================================================================== UI
+
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+
+        model_box = QGroupBox("Model")
+        form = QFormLayout(model_box)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(list(KNOWN_MODELS) + [CUSTOM_CHECKPOINT])
+        self.model_combo.setCurrentText(DEFAULT_MODEL)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(_available_devices())
+        self.load_button = QPushButton("Load model")
+        self.load_button.clicked.connect(self._on_load_clicked)
+        self.model_label = QLabel("no model loaded")
+        self.model_label.setWordWrap(True)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Device", self.device_combo)
+        form.addRow(self.load_button)
+        form.addRow(self.model_label)
+        layout.addWidget(model_box)
+
+        data_box = QGroupBox("Data")
+        form = QFormLayout(data_box)
+        self.image_combo = QComboBox()
+        self.axis_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.target_label = QLabel("")
+        self.target_label.setWordWrap(True)
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.axis_combo.currentIndexChanged.connect(self._on_axis_changed)
+        self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
+        form.addRow("Image", self.image_combo)
+        form.addRow("Track along", self.axis_combo)
+        form.addRow("Output", self.labels_combo)
+        form.addRow(self.target_label)
+        layout.addWidget(data_box)
+
+        obj_box = QGroupBox("Objects and prompts")
+        box_layout = QVBoxLayout(obj_box)
+        self.objects = ObjectList()
+        self.objects.selected_id.connect(self._on_object_selected)
+        row = QHBoxLayout()
+        self.new_object_button = QPushButton("New object")
+        self.new_object_button.clicked.connect(self.new_object)
+        self.remove_object_button = QPushButton("Remove object")
+        self.remove_object_button.clicked.connect(self.remove_selected_object)
+        row.addWidget(self.new_object_button)
+        row.addWidget(self.remove_object_button)
+        self.negative_check = QCheckBox("Negative clicks (T)")
+        self.negative_check.toggled.connect(self._on_polarity_toggled)
+        self.mask_button = QPushButton("Use painted mask on this frame")
+        self.mask_button.setToolTip("Send what you painted for the selected object on the current frame as a mask "
+                                    "prompt (Shift-M). Painted corrections are also picked up before propagating.")
+        self.mask_button.clicked.connect(self.use_painted_mask)
+        box_layout.addWidget(self.objects)
+        box_layout.addLayout(row)
+        box_layout.addWidget(self.negative_check)
+        box_layout.addWidget(self.mask_button)
+        layout.addWidget(obj_box)
+
+        run_box = QGroupBox("Propagate")
+        form = QFormLayout(run_box)
+        self.direction_combo = QComboBox()
+        self.direction_combo.addItems(DIRECTIONS)
+        self.first_spin = QSpinBox()
+        self.last_spin = QSpinBox()
+        range_row = QHBoxLayout()
+        range_row.addWidget(self.first_spin)
+        range_row.addWidget(QLabel("to"))
+        range_row.addWidget(self.last_spin)
+        self.follow_check = QCheckBox("Follow the frames")
+        self.follow_check.setChecked(True)
+        self.propagate_button = QPushButton("Propagate from this frame")
+        self.propagate_button.clicked.connect(lambda: self.propagate())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        form.addRow("Direction", self.direction_combo)
+        form.addRow("Frames", range_row)
+        form.addRow(self.follow_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.propagate_button)
+        buttons.addWidget(self.cancel_button)
+        form.addRow(buttons)
+        form.addRow(self.progress)
+        layout.addWidget(run_box)
+
+        file_box = QGroupBox("Session and export")
+        grid = QHBoxLayout(file_box)
+        for text, slot in (("Save session", self._on_save_session), ("Load session", self._on_load_session),
+                           ("TIFF", self._on_export_tiff), ("CTC", self._on_export_ctc),
+                           ("Tracks layer", self.add_tracks_layer)):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            grid.addWidget(button)
+        layout.addWidget(file_box)
+
+        self.status = QLabel("Load a model, pick an image, then click on a cell.")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
+
+    def _fail(self, error: BaseException | str) -> None:
+        text = str(error)
+        self._say(f"Error: {text}")
+        show_error(text)
+
+    # ================================================================== model
+
+    def _on_load_clicked(self) -> None:
+        choice = self.model_combo.currentText()
+        if choice == CUSTOM_CHECKPOINT:
+            path, _ = QFileDialog.getOpenFileName(self, "SAM 2 checkpoint", "", "PyTorch checkpoint (*.pt *.pth)")
+            if not path:
+                return
+            choice = path
+        self.load_model(choice, self.device_combo.currentText())
+
+    def load_model(self, name_or_path: str, device: str = "auto") -> Any:
+        """Load a known model (downloaded once, hash-checked) or a checkpoint file in a worker thread."""
+        def job() -> Any:
+            return load_model(name_or_path, None if device == "auto" else device, verbose=False)
+
+        self._say(f"Loading {name_or_path} (the first time, the weights are downloaded)…")
+        return self._start(job, on_return=self.use_model, busy=True)
+
+    def use_model(self, model: Any) -> None:
+        """Track with ``model`` (a loaded SAM2Model); a running session is rebuilt with its prompts kept."""
+        try:
+            self.controller.set_model(model)
+        except Exception as error:  # noqa: BLE001 - shown to the user
+            self._fail(error)
+            return
+        self.model_label.setText(describe_model(model))
+        self._say("Model ready. Click on an object in the image (SAM 2 clicks layer) to segment it.")
+        self._ensure_layers()
+
+    # ================================================================== layers
+
+    def _layers_of(self, kind: type) -> list[Any]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+
+    def _refresh_layer_choices(self, event: Any = None) -> None:
+        images = self._layers_of(Image)
+        current = self.image_layer
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        for layer in images:
+            self.image_combo.addItem(layer.name, layer)
+        if current in images:
+            self.image_combo.setCurrentIndex(images.index(current))
+        self.image_combo.blockSignals(False)
+        if self.image_layer is not current:
+            self._on_image_changed()
+        else:
+            self._refresh_labels_choices()
+
+    def _refresh_labels_choices(self, keep: Labels | None = None) -> None:
+        target = self.controller.target
+        current = keep or self.labels_layer
+        fitting = [layer for layer in self._layers_of(Labels)
+                   if target is not None and tuple(layer.data.shape) == target.labels_shape]
+        self.labels_combo.blockSignals(True)
+        self.labels_combo.clear()
+        self.labels_combo.addItem(NEW_LABELS, None)
+        for layer in fitting:
+            self.labels_combo.addItem(layer.name, layer)
+        if current in fitting:
+            self.labels_combo.setCurrentIndex(fitting.index(current) + 1)
+        self.labels_combo.blockSignals(False)
+        if self.labels_layer is not current:
+            self._on_labels_changed()
+
+    @property
+    def image_layer(self) -> Image | None:
+        return self.image_combo.currentData()
+
+    @property
+    def labels_layer(self) -> Labels | None:
+        writer = self.controller.writer
+        return None if writer is None else writer.layer
+
+    def set_image_layer(self, layer: Image, track_axis: int = 0) -> None:
+        """Track ``layer`` along its leading axis ``track_axis`` (0: the first axis, e.g. T of a (T, Z, Y, X) movie)."""
+        index = self.image_combo.findData(layer)
+        if index < 0:
+            raise ValueError(f"layer {layer.name!r} is not an Image layer of this viewer")
+        if not 0 <= track_axis < leading_axes(layer):
+            raise ValueError(f"layer {layer.name!r} has leading axes 0..{leading_axes(layer) - 1}, not {track_axis}")
+        if index != self.image_combo.currentIndex():
+            self.image_combo.setCurrentIndex(index)  # re-targets, along axis 0
+        if track_axis != self.axis_combo.currentIndex():
+            self.axis_combo.setCurrentIndex(track_axis)  # re-targets
+
+    def _on_image_changed(self, _index: int = 0) -> None:
+        layer = self.image_layer
+        self.axis_combo.blockSignals(True)
+        self.axis_combo.clear()
+        if layer is not None:
+            names = self._axis_names(layer)
+            shape = layer_data(layer).shape
+            for axis in range(max(leading_axes(layer), 0)):
+                self.axis_combo.addItem(f"{names[axis]} (size {shape[axis]})")
+        self.axis_combo.blockSignals(False)
+        self._on_axis_changed()
+
+    def _axis_names(self, layer: Image) -> list[str]:
+        """Names of the layer's axes: the viewer's axis labels, or "axis i" where those are just numbers."""
+        labels = list(self.viewer.dims.axis_labels)[-layer.ndim:]
+        return [f"axis {i}" if label.lstrip("-").isdigit() else label for i, label in enumerate(labels)]
+
+    def _on_axis_changed(self, _index: int = 0) -> None:
+        self._retarget()
+
+    def _retarget(self) -> None:
+        """Rebuild the target from the chosen image and axis (the old session ends; layer contents stay)."""
+        self._abort_worker()
+        layer = self.image_layer
+        previous_output = self.labels_layer
+        self._generation += 1
+        try:
+            target = None if layer is None else TrackTarget.from_layer(layer, max(self.axis_combo.currentIndex(), 0),
+                                                                       self.viewer.dims.point)
+        except TargetError as error:
+            target = None
+            self._fail(error)
+        self.controller.set_target(target)
+        self.controller.set_labels_layer(None)
+        self._drop_prompt_layers()
+        if target is not None:
+            self.target_label.setText(f"Tracking {target.describe(self._axis_names(layer))}; intensities "
+                                      f"{target.contrast_limits[0]:g}..{target.contrast_limits[1]:g}")
+            for spin in (self.first_spin, self.last_spin):
+                spin.setRange(0, target.num_frames - 1)
+            self.first_spin.setValue(0)
+            self.last_spin.setValue(target.num_frames - 1)
+        else:
+            self.target_label.setText("")
+        self._refresh_labels_choices(keep=previous_output)
+        self._ensure_layers()
+
+    def _on_labels_changed(self, _index: int = 0) -> None:
+        layer = self.labels_combo.currentData()
+        if (layer is self.labels_layer and layer is not None) or (layer is None and self.controller.model is None):
+            return
+        self.set_labels_layer(layer)
+
+    def set_labels_layer(self, layer: Labels | None) -> Labels | None:
+        """Write into ``layer`` (None: create a new, empty Labels layer over the image). Its labels join the list."""
+        target = self.controller.target
+        if target is None:
+            self.controller.set_labels_layer(None)
+            return None
+        self._abort_worker()
+        if layer is None:
+            layer = self.viewer.add_labels(np.zeros(target.labels_shape, dtype=np.uint16),
+                                           name=f"{target.layer.name} SAM 2", scale=target.layer.scale,
+                                           translate=target.layer.translate)
+            # add_labels re-entered _refresh_labels_choices via the inserted event; select the new layer there.
+        try:
+            self.controller.set_labels_layer(layer)
+        except TargetError as error:
+            self._fail(error)
+            return None
+        index = self.labels_combo.findData(layer)
+        if index >= 0 and index != self.labels_combo.currentIndex():
+            self.labels_combo.blockSignals(True)
+            self.labels_combo.setCurrentIndex(index)
+            self.labels_combo.blockSignals(False)
+        self.objects.clear()
+        self.objects.set_colour_source(layer.get_color)
+        if isinstance(layer.data, np.ndarray):
+            for obj_id in np.unique(layer.data)[1:].tolist():
+                self.objects.add_id(int(obj_id), select=False)
+        for key, (method, _) in SHORTCUTS.items():
+            layer.bind_key(key, self._shortcut(method), overwrite=True)
+        if not self.objects.ids:
+            self.new_object()
+        else:
+            self.objects.select_id(self.objects.ids[0])
+        return layer
+
+    def _ensure_layers(self) -> None:
+        """Once a model and an image are set: the output Labels layer (a new one unless the user picked one) and
+        the clicks (Points) and boxes (Shapes) prompt layers over the image (kept across re-targeting when they fit)."""
+        target = self.controller.target
+        if target is None or self.controller.model is None:
+            return
+        if self.labels_layer is None:
+            self.set_labels_layer(self.labels_combo.currentData())
+        obj_id = self.objects.current_id or 1
+        if self.shapes_layer is None:
+            self.shapes_layer = self._adopt(self._find_prompt_layer(Shapes) or make_shapes_layer(target.layer, obj_id))
+        if self.points_layer is None:
+            self.points_layer = self._adopt(self._find_prompt_layer(Points) or make_points_layer(target.layer, obj_id))
+            self.viewer.layers.selection.active = self.points_layer
+        self._on_object_selected(obj_id)
+
+    def _find_prompt_layer(self, kind: type) -> Any:
+        """An earlier prompt layer of this widget that fits the current image (same number of axes)."""
+        for layer in self._old_prompt_layers:
+            if isinstance(layer, kind) and layer in self.viewer.layers and layer.ndim == self.controller.target.layer.ndim:
+                return layer
+        return None
+
+    def _adopt(self, layer: Any) -> Any:
+        if layer not in self.viewer.layers:
+            self.viewer.add_layer(layer)
+        layer.events.data.connect(self._on_prompts_edited)
+        for key, (method, _) in SHORTCUTS.items():
+            layer.bind_key(key, self._shortcut(method), overwrite=True)
+        return layer
+
+    def _drop_prompt_layers(self) -> None:
+        """Stop using the prompt layers (they stay in the viewer, as the user's record of the old session)."""
+        for layer in (self.points_layer, self.shapes_layer):
+            if layer is not None:
+                layer.events.data.disconnect(self._on_prompts_edited)
+                self._old_prompt_layers.append(layer)
+        self.points_layer = self.shapes_layer = None
+
+    def _on_layer_removed(self, event: Any) -> None:
+        removed = event.value
+        if removed is self.points_layer or removed is self.shapes_layer:
+            removed.events.data.disconnect(self._on_prompts_edited)
+            if removed is self.points_layer:
+                self.points_layer = None
+            else:
+                self.shapes_layer = None
+            self._say("A prompt layer was removed; its prompts stay in the session.")
+        if removed is self.labels_layer:
+            self._abort_worker()
+            self.controller.set_labels_layer(None)
+            self._say("The output Labels layer was removed; pick or create another one to go on.")
+        self._refresh_layer_choices()
+
+    def _shortcut(self, method: str) -> Callable[[Any], None]:
+        def run(_layer: Any) -> None:
+            getattr(self, method)()
+        return run
+
+    # ================================================================== objects
+
+    def new_object(self) -> int:
+        """Add an object with the next free label and make it the current one (Shift-N)."""
+        layer = self.labels_layer
+        next_id = max(next_free_label(layer) if layer is not None else 1, max(self.objects.ids, default=0) + 1)
+        self.objects.add_id(next_id)
+        return next_id
+
+    def remove_selected_object(self) -> None:
+        """Remove the current object: its prompts, its results in the session, and its pixels (one undo step)."""
+        obj_id = self.objects.current_id
+        if obj_id is None or self.busy:
+            return
+        self.controller.remove_object(obj_id)
+        remove_object_prompts(self.points_layer, obj_id)
+        remove_object_prompts(self.shapes_layer, obj_id)
+        layer = self.labels_layer
+        if layer is not None:
+            where = np.nonzero(np.asarray(layer.data) == obj_id)
+            if where[0].size:
+                layer.data_setitem(where, 0)
+        self.objects.remove_id(obj_id)
+        self._say(f"Removed object {obj_id}.")
+
+    def _on_object_selected(self, obj_id: int) -> None:
+        set_prompt_defaults(self.points_layer, obj_id=obj_id)
+        set_prompt_defaults(self.shapes_layer, obj_id=obj_id)
+        if self.labels_layer is not None:
+            self.labels_layer.selected_label = obj_id
+
+    def toggle_click_polarity(self) -> None:
+        """Switch new clicks between positive and negative (T)."""
+        self.negative_check.setChecked(not self.negative_check.isChecked())
+
+    def _on_polarity_toggled(self, negative: bool) -> None:
+        set_prompt_defaults(self.points_layer, positive=not negative)
+
+    # ================================================================== prompts
+
+    @property
+    def busy(self) -> bool:
+        """True while a model job (loading, a prompt, a propagation) runs."""
+        return self._worker is not None
+
+    def current_frame(self) -> int:
+        """The frame of the tracked axis the viewer shows now."""
+        target = self.controller.target
+        if target is None:
+            raise RuntimeError("no image to track: choose an image layer")
+        index = current_indices(target.layer, self.viewer.dims.point)[target.track_axis]
+        return min(index, target.num_frames - 1)
+
+    def _on_prompts_edited(self, event: Any = None) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action.lower().endswith("ing"):  # adding / removing / changing: wait for the final event
+            return
+        self._prompts_dirty = True
+        QTimer.singleShot(0, self._pump)
+
+    def _pump(self) -> None:
+        """Send the next changed (frame, object) prompt to the model, one at a time."""
+        if self.busy or not self._prompts_dirty:
+            return
+        target = self.controller.target
+        if target is None or self.controller.model is None or self.labels_layer is None:
+            return
+        changes = self.controller.changed_prompts(read_prompts(target, self.points_layer, self.shapes_layer))
+        if not changes:
+            self._prompts_dirty = False
+            return
+        key, prompts = changes[0]
+        for obj_id in {k[1] for k, _ in changes}:
+            self.objects.add_id(obj_id, select=False)
+        self._say(f"Computing the mask of object {key[1]} on frame {key[0]}…")
+        generation = self._generation
+
+        def done(write: FrameWrite) -> None:
+            if generation == self._generation:
+                self._write(write)
+                self._say(f"Object {key[1]} on frame {key[0]}: mask updated. Add clicks, or propagate.")
+
+        self._start(self.controller.compute_prompt, key, prompts, on_return=done, busy=True, then=self._pump)
+
+    def use_painted_mask(self) -> None:
+        """Send the current object's painted pixels on this frame as a mask prompt (Shift-M)."""
+        obj_id = self.objects.current_id
+        if obj_id is None or self.busy:
+            return
+        try:
+            correction = self.controller.painted_mask(self.current_frame(), obj_id)
+        except (RuntimeError, ValueError) as error:
+            self._fail(error)
+            return
+        self._send_masks([correction])
+
+    def _send_masks(self, corrections: list[Correction]) -> None:
+        generation = self._generation
+
+        def done(writes: list[FrameWrite]) -> None:
+            if generation == self._generation:
+                for write in writes:
+                    self._write(write)
+                self._say(f"Mask prompt used for {_describe_corrections(corrections)}.")
+
+        self._start(self.controller.compute_masks, corrections, on_return=done, busy=True)
+
+    def _write(self, write: FrameWrite) -> None:
+        try:
+            self.controller.apply(write)
+        except (RuntimeError, ValueError) as error:
+            self._fail(error)
+
+    # ================================================================== propagation
+
+    def propagate_forward(self) -> None:
+        self.propagate("forward")
+
+    def propagate_backward(self) -> None:
+        self.propagate("backward")
+
+    def propagate_both(self) -> None:
+        self.propagate("both")
+
+    def propagate(self, direction: str | None = None, start: int | None = None, first: int | None = None,
+                  last: int | None = None) -> Any:
+        """Track every object from ``start`` (default: the current frame) over frames ``first..last`` (default: the
+        range boxes), writing each frame as it comes; painted corrections become mask prompts first. Returns the
+        worker (None when nothing was started)."""
+        if self.busy:
+            self._say("Busy; wait for the current job or cancel it.")
+            return None
+        direction = direction or self.direction_combo.currentText()
+        try:
+            if self.labels_layer is None:
+                raise RuntimeError("no output Labels layer; pick or create one")
+            start = self.current_frame() if start is None else int(start)
+            first = self.first_spin.value() if first is None else int(first)
+            last = self.last_spin.value() if last is None else int(last)
+            if not first <= start <= last:
+                raise ValueError(f"the start frame {start} is outside the chosen range {first}..{last}")
+            session = self.controller.ensure_session()
+        except (RuntimeError, ValueError) as error:
+            self._fail(error)
+            return None
+        corrections = self.controller.collect_corrections(self.objects.ids)
+        prompted = [i for i in session.obj_ids if session.prompted_frames(i)]
+        if not prompted and not corrections:
+            self._fail("nothing to track yet: click on an object, draw a box or paint a mask first")
+            return None
+        if corrections:
+            note = f"Painted corrections used as prompts: {_describe_corrections(corrections)}."
+            show_info(note)
+        else:
+            note = ""
+        total = len(corrections) + self.controller.frames_in_run(start, direction, first, last)
+        controller = self.controller
+
+        def job() -> Iterator[tuple[str, Any]]:
+            for write in controller.compute_masks(corrections):
+                yield "mask", write
+            for write in controller.propagation(start, direction, first, last):
+                yield "frame", write
+
+        self._run_state = {"done": 0, "total": total, "t0": time.perf_counter(), "note": note,
+                           "generation": self._generation}
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(0)
+        self.labels_layer.mode = "pan_zoom"  # keep the brush away while frames are written (see LabelsWriter)
+        self.controller.writer.begin_undo_group()
+        self.cancel_button.setEnabled(True)
+        self._say(f"{note} Propagating {direction} from frame {start}…".strip())
+        return self._start(job, on_yield=self._on_run_frame, busy=False, then=self._end_run)
+
+    def _on_run_frame(self, item: tuple[str, FrameWrite]) -> None:
+        state = self._run_state
+        if state is None or state["generation"] != self._generation:
+            return
+        _, write = item
+        self._write(write)
+        state["done"] += 1
+        done, total = state["done"], state["total"]
+        elapsed = time.perf_counter() - state["t0"]
+        eta = elapsed / done * (total - done)
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{done}/{total} frames, ETA {eta:.0f} s")
+        if self.follow_check.isChecked():
+            target = self.controller.target
+            world_axis = self.viewer.dims.ndim - target.layer.ndim + target.track_axis
+            self.viewer.dims.set_current_step(world_axis, write.frame)
+
+    def _end_run(self) -> None:
+        state, self._run_state = self._run_state, None
+        self.cancel_button.setEnabled(False)
+        writer = self.controller.writer
+        if writer is not None and writer.in_undo_group:
+            writer.end_undo_group()
+        if state is not None and not self.status.text().startswith("Error"):
+            word = "Cancelled" if state.get("cancelled") else "Done"
+            self._say(f"{state['note']} {word}: {state['done']} of {state['total']} frames written "
+                      f"in {time.perf_counter() - state['t0']:.1f} s.".strip())
+
+    def cancel(self) -> None:
+        """Stop the running propagation after the frame being computed; frames written so far stay (Shift-C)."""
+        if self._run_state is not None and self._worker is not None:
+            self._run_state["cancelled"] = True
+            self._worker.quit()
+            self._say("Cancelling after the current frame…")
+
+    # ================================================================== workers
+
+    def _start(self, func: Callable, *args: Any, on_return: Callable | None = None,
+               on_yield: Callable | None = None, busy: bool = False, then: Callable | None = None) -> Any:
+        """Run ``func`` in a napari worker thread (one at a time); ``then`` runs in the GUI thread afterwards."""
+        worker = create_worker(func, *args, _start_thread=False)
+        self._worker = worker
+        if busy:
+            self.progress.setRange(0, 0)  # an indeterminate bar is the busy indicator
+        self.propagate_button.setEnabled(False)
+        if on_return is not None:
+            worker.returned.connect(on_return)
+        if on_yield is not None:
+            worker.yielded.connect(on_yield)
+        worker.errored.connect(self._fail)
+
+        def finished() -> None:
+            if self._worker is worker:
+                self._worker = None
+            if busy:
+                self.progress.setRange(0, 1)
+                self.progress.setValue(1)
+                self.progress.setFormat("%p%")
+            self.propagate_button.setEnabled(True)
+            if then is not None:
+                then()
+
+        worker.finished.connect(finished)
+        worker.start()
+        return worker
+
+    def _abort_worker(self) -> None:
+        """Stop a running job whose target is going away (its results will be dropped)."""
+        if self._worker is not None:
+            self._worker.quit()
+            if self._run_state is not None:
+                self._run_state["cancelled"] = True
+
+    # ================================================================== files
+
+    def save_session(self, path: str | Path) -> Path:
+        """Save every object's prompts to a session file (JSON)."""
+        if self.controller.session is None:
+            raise RuntimeError("nothing to save yet: give a prompt first")
+        return self.controller.session.save(path)
+
+    def load_session(self, path: str | Path) -> Any:
+        """Re-create a saved session on the current image (same shape) and write its prompted frames."""
+        from ..engine.session import TrackingSession
+
+        controller = self.controller
+        if controller.model is None or controller.target is None or self.labels_layer is None:
+            raise RuntimeError("load a model and pick the image (and output layer) before loading a session")
+        frames, model = controller.target.frames, controller.model
+        generation = self._generation
+
+        def job() -> tuple[Any, list[FrameWrite]]:
+            session = TrackingSession.load(path, frames, model, contrast_limits=controller.target.contrast_limits)
+            controller.session = session
+            return session, [controller._object_write(frame, obj_id) for obj_id in session.obj_ids
+                             for frame in session.prompted_frames(obj_id)]
+
+        def done(result: tuple[Any, list[FrameWrite]]) -> None:
+            if generation != self._generation:
+                return
+            session, writes = result
+            for write in writes:
+                self._write(write)
+            self._show_loaded_prompts(session)
+            self._say(f"Session loaded: objects {session.obj_ids}. Propagate to track them.")
+
+        return self._start(job, on_return=done, busy=True)
+
+    def _show_loaded_prompts(self, session: Any) -> None:
+        """Put a loaded session's clicks and boxes into the prompt layers (mask prompts are in the Labels layer)."""
+        target = self.controller.target
+        for obj_id in session.obj_ids:
+            self.objects.add_id(obj_id, select=False)
+            for frame, prompt in session.prompts(obj_id).items():
+                if self.points_layer is not None and len(prompt.points):
+                    for yx, label in zip(prompt.points, prompt.labels, strict=True):
+                        set_prompt_defaults(self.points_layer, obj_id=obj_id, positive=bool(label))
+                        self.points_layer.add(prompt_rows(target, frame, yx[None]))
+                if self.shapes_layer is not None and prompt.box is not None:
+                    y0, x0, y1, x1 = prompt.box
+                    set_prompt_defaults(self.shapes_layer, obj_id=obj_id)
+                    corners = prompt_rows(target, frame, np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]))
+                    self.shapes_layer.add_rectangles([corners])
+        current = self.objects.current_id or (session.obj_ids[0] if session.obj_ids else 1)
+        set_prompt_defaults(self.points_layer, obj_id=current, positive=not self.negative_check.isChecked())
+        set_prompt_defaults(self.shapes_layer, obj_id=current)
+        self.controller.mark_prompts_sent(read_prompts(target, self.points_layer, self.shapes_layer))
+        self._prompts_dirty = False
+
+    def _label_stack(self) -> Any:
+        writer = self.controller.writer
+        if writer is None:
+            raise RuntimeError("no output Labels layer to export")
+        return _FrameStack(writer)
+
+    def export_tiff(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the output Labels layer's tracked plane, (T, Y, X), as an OME-TIFF."""
+        return write_label_tiff(path, self._label_stack(), overwrite=overwrite)
+
+    def export_ctc(self, directory: str | Path, overwrite: bool = False) -> list:
+        """Write the output Labels layer's tracked plane as a Cell Tracking Challenge result folder."""
+        return write_ctc(directory, self._label_stack(), overwrite=overwrite)
+
+    def add_tracks_layer(self) -> Any:
+        """Add a napari Tracks layer with each object's centroid (row, col) per frame."""
+        try:
+            data = tracks_from_labels(self._label_stack())
+        except RuntimeError as error:
+            self._fail(error)
+            return None
+        target = self.controller.target
+        if not len(data):
+            self._fail("the output Labels layer is empty: nothing to track")
+            return None
+        scale = np.asarray(target.layer.scale)
+        keep = [target.track_axis, target.layer.ndim - 2, target.layer.ndim - 1]
+        return self.viewer.add_tracks(data, name=f"{self.labels_layer.name} tracks", scale=scale[keep])
+
+    def _on_save_session(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save session", "session.json", "Session (*.json)")
+        if path:
+            self._guarded(lambda: self._say(f"Session saved to {self.save_session(path)}."))
+
+    def _on_load_session(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load session", "", "Session (*.json)")
+        if path:
+            self._guarded(lambda: self.load_session(path))
+
+    def _on_export_tiff(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export labels as TIFF", "labels.ome.tif", "TIFF (*.tif *.tiff)")
+        if path:
+            self._guarded(lambda: self._say(f"Labels written to {self.export_tiff(path, overwrite=True)}."))
+
+    def _on_export_ctc(self) -> None:
+        directory = QFileDialog.getExistingDirectory(self, "Export a Cell Tracking Challenge result folder")
+        if directory:
+            self._guarded(lambda: self._say(f"{len(self.export_ctc(directory, overwrite=True))} tracks written "
+                                            f"to {directory}."))
+
+    def _guarded(self, action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - file errors are shown, not raised into Qt
+            self._fail(error)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        self._abort_worker()
+        self.controller.set_labels_layer(None)
+        super().closeEvent(event)
+
+
+class _FrameStack:
+    """(T, Y, X) read-only view of the Labels layer's tracked plane, frame by frame (for the exporters)."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+        self.shape = (writer.n_frames, *writer.plane_shape)
+        self.dtype = np.dtype(writer.layer.data.dtype)
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.array(self._writer.read_frame(t))
+
+
+def _describe_corrections(corrections: list[Correction]) -> str:
+    per_object: dict[int, list[int]] = {}
+    for c in corrections:
+        per_object.setdefault(c.obj_id, []).append(c.frame)
+    return "; ".join(f"object {obj_id} on frame{'s' if len(frames) > 1 else ''} {', '.join(map(str, frames))}"
+                     for obj_id, frames in sorted(per_object.items()))
+
+
+def _available_devices() -> list[str]:
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices

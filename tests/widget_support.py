@@ -1,0 +1,33 @@
+"""Shared set-up for the dock-widget tests: a viewer with a movie, the widget with a small model, and waiting."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_sam2.plugin.widget import SAM2TrackingWidget
+
+WAIT_MS = 60_000
+
+
+def wait_idle(qtbot, widget: SAM2TrackingWidget) -> None:
+    """Wait until the widget has no job running and no prompt left to send."""
+    qtbot.waitUntil(lambda: not widget.busy and not widget._prompts_dirty, timeout=WAIT_MS)
+
+
+def open_widget(viewer, model, image: np.ndarray, rgb: bool | None = None, track_axis: int = 0, **layer_kwargs):
+    """Add ``image`` to ``viewer``, dock the widget, give it ``model`` and a new output layer."""
+    layer = viewer.add_image(image, rgb=rgb, **layer_kwargs)
+    widget = SAM2TrackingWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.use_model(model)
+    widget.set_image_layer(layer, track_axis)
+    return widget, layer
+
+
+def click(widget: SAM2TrackingWidget, frame: int, yx, positive: bool = True, obj_id: int | None = None) -> None:
+    """Add one click to the widget's Points layer, as the mouse would (row, col) = (y, x) on ``frame``."""
+    from napari_sam2.plugin.prompt_layers import prompt_rows, set_prompt_defaults
+
+    layer = widget.points_layer
+    set_prompt_defaults(layer, obj_id=obj_id or widget.objects.current_id, positive=positive)
+    layer.add(prompt_rows(widget.controller.target, frame, np.asarray([yx], dtype=float)))
