@@ -22,11 +22,16 @@ from .track_target import TargetError, TrackTarget
 
 @dataclass(frozen=True)
 class FrameWrite:
-    """A label image (Y, X) for frame ``frame`` to be written for the objects ``obj_ids`` only."""
+    """A label image (Y, X) for frame ``frame`` to be written for the objects ``obj_ids`` only.
+
+    ``focus`` is the object a prompt was just given for; the frame's other objects are written too (where objects
+    overlap the higher logit wins) unless the user has painted them there since, which is kept for propagation.
+    """
 
     frame: int
     obj_ids: tuple[int, ...]
     labels: np.ndarray
+    focus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,10 +185,8 @@ class TrackingController:
 
     def _object_write(self, frame: int, obj_id: int) -> FrameWrite:
         obj_ids, logits = self.session.frame_logits(frame)
-        if obj_id not in obj_ids:
-            return FrameWrite(frame, (obj_id,), np.zeros(self.session.frame_shape, dtype=self._label_dtype()))
         labels = labels_from_logits(obj_ids, logits, dtype=self._label_dtype())
-        return FrameWrite(frame, (obj_id,), np.where(labels == obj_id, labels, 0))
+        return FrameWrite(frame, tuple(sorted({*obj_ids, obj_id})), labels, focus=obj_id)
 
     def _label_dtype(self) -> np.dtype:
         return np.dtype(self.writer.layer.data.dtype) if self.writer is not None else np.dtype(np.uint32)
@@ -194,7 +197,14 @@ class TrackingController:
         """Write a result into the Labels layer, scoped to its objects (other labels never change)."""
         if self.writer is None:
             raise RuntimeError("no Labels layer to write into; pick or create one")
-        self.writer.write_frame(write.frame, write.obj_ids, write.labels)
+        ids, labels = list(write.obj_ids), write.labels
+        if write.focus is not None:
+            others = [i for i in ids if i != write.focus]
+            painted = list(self.writer.edited_frames(others).get(write.frame, {})) if others else []
+            if painted:  # keep the user's unsent corrections of other objects on this frame
+                ids = [i for i in ids if i not in painted]
+                labels = np.where(np.isin(labels, painted), 0, labels)
+        self.writer.write_frame(write.frame, ids, labels)
 
     def remove_object(self, obj_id: int) -> None:
         """Forget ``obj_id`` in the session and the writer (the layer's pixels are the widget's business)."""
