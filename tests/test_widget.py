@@ -303,3 +303,37 @@ def test_exports_tiff_ctc_and_tracks_layer(widget, qtbot, tmp_path):
     assert len(tracks) >= 1 and (tmp_path / "ctc" / "res_track.txt").exists()
     layer = widget.add_tracks_layer()
     assert layer.data.shape[1] == 4 and set(layer.data[:, 1].astype(int)) == set(range(T))
+
+
+def test_load_model_from_a_checkpoint_file_in_a_worker(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    widget = SAM2TrackingWidget(viewer)
+    worker = widget.load_model(str(tiny_checkpoint), "cpu")
+    assert worker is not None and widget.busy
+    wait_idle(qtbot, widget)
+    assert widget.controller.model is not None
+    assert "config sam2.1_hiera_t" in widget.model_label.text() and "on cpu" in widget.model_label.text()
+
+
+def test_a_broken_checkpoint_is_reported_not_raised(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    widget = SAM2TrackingWidget(viewer)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    widget.load_model(str(broken), "cpu")
+    wait_idle(qtbot, widget)
+    assert widget.controller.model is None
+    assert widget.status.text().startswith("Error:") and "broken.pt" in widget.status.text()
+
+
+def test_changing_the_model_keeps_every_prompt(widget, qtbot):
+    click(widget, 2, (40, 30))
+    click(widget, 2, (45, 35))
+    wait_idle(qtbot, widget)
+    before = widget.controller.session.prompt_history(1)
+    widget.use_model(small_model())
+    session = widget.controller.session
+    history = session.prompt_history(1)
+    assert list(history) == list(before) == [2]
+    assert [p.points.tolist() for p in history[2]] == [p.points.tolist() for p in before[2]]
+    assert (session.label_image(2) == 1).any()

@@ -296,3 +296,208 @@ def test_one_layer_of_a_channel_split_image_can_be_picked(make_napari_viewer, mo
     labels = labels_of(widget)
     assert_frame_is_engine_result(widget, labels, 2, (2,))
     assert not np.delete(labels, 2, axis=0).any()
+
+
+# ---------------------------------------------------------------------------------------------------- switching
+
+
+def test_switching_to_another_image_mid_session_keeps_the_old_output(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, first = open_widget(viewer, model, movie(), name="first")
+    click_and_wait(qtbot, widget, 1)
+    old_output = widget.labels_layer
+    before = labels_of(widget)
+    assert before[1].any()
+    other = cells_movie(T + 1, (72, 56))  # another movie, another shape: the old output does not fit it
+    second = viewer.add_image(other, name="second")
+
+    widget.set_image_layer(second)
+
+    assert widget.controller.target.layer is second
+    assert widget.labels_layer is not old_output and widget.labels_layer.data.shape == other.shape
+    assert old_output in viewer.layers
+    np.testing.assert_array_equal(np.asarray(old_output.data), before)
+    click_and_wait(qtbot, widget, 3, (36, 30))
+    labels = labels_of(widget)
+    assert_frame_is_engine_result(widget, labels, 3, (3,))
+    np.testing.assert_array_equal(widget.controller.session.source.read(3), other[3])
+    assert not np.delete(labels, 3, axis=0).any()  # only the frame clicked on the new movie
+    np.testing.assert_array_equal(np.asarray(old_output.data), before)
+
+
+def test_switching_to_an_image_of_the_same_shape_keeps_what_was_written(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, first = open_widget(viewer, model, movie(), name="first")
+    click_and_wait(qtbot, widget, 1)
+    output = widget.labels_layer
+    before = labels_of(widget)
+    other = movie()[:, ::-1, :].copy()  # same shape, different content
+    second = viewer.add_image(other, name="second")
+
+    widget.set_image_layer(second)
+    assert widget.controller.target.layer is second
+    assert widget.labels_layer is output  # the old output fits the new image: it stays the output
+    np.testing.assert_array_equal(labels_of(widget), before)
+
+    obj = widget.new_object()
+    click_and_wait(qtbot, widget, 3, (64 - BLOB[0], BLOB[1]), obj_id=obj)
+    labels = labels_of(widget)
+    np.testing.assert_array_equal(labels[1], before[1])  # the first movie's result is kept
+    expected = engine_labels(widget, 3)
+    assert (expected == obj).any()
+    np.testing.assert_array_equal(labels[3], np.where(expected == obj, obj, before[3]))
+    np.testing.assert_array_equal(np.delete(labels, [1, 3], axis=0), np.delete(before, [1, 3], axis=0))
+
+
+def test_switching_to_an_image_with_another_pixel_size_clicks_land_where_clicked(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, first = open_widget(viewer, model, movie(), name="first")
+    click_and_wait(qtbot, widget, 1)
+    second = viewer.add_image(movie(), name="second", scale=(1.0, 0.5, 0.5))  # pixels half as large
+
+    widget.set_image_layer(second)
+    points = widget.points_layer
+    assert points is not None
+    world = np.array([2.0, 0.5 * BLOB[0], 0.5 * BLOB[1]])  # where the mouse clicks: on the blob of frame 2
+    points.add(points.world_to_data(world))  # what napari's add mode does with a click
+    wait_idle(qtbot, widget)
+
+    session = widget.controller.session
+    assert session is not None and 2 in session.prompted_frames(widget.objects.current_id)
+    np.testing.assert_allclose(session.prompts(widget.objects.current_id)[2].points, [BLOB])
+
+
+# ---------------------------------------------------------------------------------------------------- removing
+
+
+def test_removing_the_image_layer_mid_session(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, layer = open_widget(viewer, model, movie())
+    click_and_wait(qtbot, widget, 1)
+    output = widget.labels_layer
+    before = labels_of(widget)
+
+    viewer.layers.remove(layer)
+
+    assert widget.controller.target is None and widget.image_layer is None
+    text = widget.status.text()
+    assert "image" in text.lower() and "removed" in text.lower(), text
+    np.testing.assert_array_equal(np.asarray(output.data), before)
+    assert widget.propagate() is None  # refused with a message, no crash
+    assert widget.status.text().startswith("Error")
+
+    # A new image: work goes on.
+    new = viewer.add_image(movie(), name="again")
+    widget.set_image_layer(new)
+    assert widget.controller.target.layer is new and widget.labels_layer is not None
+    click_and_wait(qtbot, widget, 2)
+    assert_frame_is_engine_result(widget, labels_of(widget), 2, (2,))
+
+
+def test_removing_the_image_layer_while_propagating(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, layer = open_widget(viewer, model, movie())
+    click_and_wait(qtbot, widget, 0)
+    output = widget.labels_layer
+
+    assert widget.propagate(direction="forward", start=0) is not None
+    viewer.layers.remove(layer)
+    wait_idle(qtbot, widget)
+
+    assert widget.controller.target is None and widget.labels_layer is None
+    text = widget.status.text()
+    assert "image" in text.lower() and "removed" in text.lower(), text
+    assert output in viewer.layers and np.asarray(output.data)[0].any()  # what was written stays
+    assert not output._block_history  # no undo group left open on the old output
+
+
+def test_removing_the_output_layer_then_creating_a_new_one(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, _ = open_widget(viewer, model, movie())
+    click_and_wait(qtbot, widget, 1)
+    viewer.layers.remove(widget.labels_layer)
+
+    assert widget.labels_layer is None
+    assert "Labels layer was removed" in widget.status.text()
+    assert widget.propagate() is None and "Labels layer" in widget.status.text()
+
+    new = widget.set_labels_layer(None)  # "(new Labels layer)"
+    assert new is not None and widget.labels_layer is new and new in viewer.layers
+    click_and_wait(qtbot, widget, 3)
+    labels = labels_of(widget)
+    assert_frame_is_engine_result(widget, labels, 3, (3,))
+    run(qtbot, widget, direction="forward", start=2)
+    labels = labels_of(widget)
+    for t in (2, 3):
+        assert_frame_is_engine_result(widget, labels, t, (t,))
+
+
+def test_removing_the_output_layer_while_propagating_then_picking_another(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, _ = open_widget(viewer, model, movie())
+    spare = viewer.add_labels(np.zeros((T, *SHAPE), dtype=np.uint16), name="spare")
+    click_and_wait(qtbot, widget, 0)
+
+    assert widget.propagate(direction="forward", start=0) is not None
+    viewer.layers.remove(widget.labels_layer)
+    wait_idle(qtbot, widget)
+
+    assert widget.labels_layer is None
+    assert "Labels layer" in widget.status.text(), widget.status.text()
+    assert not spare.data.any()  # nothing was written into a layer that is not the output
+
+    index = widget.labels_combo.findData(spare)
+    assert index > 0
+    widget.labels_combo.setCurrentIndex(index)  # the user picks the spare layer
+    assert widget.labels_layer is spare
+    run(qtbot, widget, direction="forward", start=0)
+    labels = labels_of(widget)
+    for t in range(T):
+        assert_frame_is_engine_result(widget, labels, t, (t,))
+
+
+def test_removing_the_clicks_layer_keeps_the_prompts(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, _ = open_widget(viewer, model, movie())
+    click_and_wait(qtbot, widget, 1)
+    before = labels_of(widget)
+
+    viewer.layers.remove(widget.points_layer)
+
+    assert widget.points_layer is None
+    assert "prompt layer was removed" in widget.status.text()
+    session = widget.controller.session
+    assert session.prompted_frames(1) == [1]
+    # A box for a second object on another frame: the removed clicks must not count as 'all clicks deleted'.
+    obj = widget.new_object()
+    shapes = widget.shapes_layer
+    from napari_sam2.plugin.prompt_layers import prompt_rows, set_prompt_defaults
+
+    set_prompt_defaults(shapes, obj_id=obj)
+    shapes.add_rectangles([prompt_rows(widget.controller.target, 3, np.array([[30, 25], [30, 45], [50, 45], [50, 25]]))])
+    wait_idle(qtbot, widget)
+
+    assert widget.controller.session.prompted_frames(1) == [1]
+    labels = labels_of(widget)
+    np.testing.assert_array_equal(labels[1], before[1])
+    assert (labels[3] == obj).any()
+    run(qtbot, widget, direction="forward", start=1)
+    labels = labels_of(widget)
+    for t in range(1, T):
+        assert_frame_is_engine_result(widget, labels, t, (t,))
+
+
+def test_removing_the_clicks_layer_while_propagating(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, _ = open_widget(viewer, model, movie())
+    click_and_wait(qtbot, widget, 0)
+
+    assert widget.propagate(direction="forward", start=0) is not None
+    viewer.layers.remove(widget.points_layer)
+    wait_idle(qtbot, widget)
+
+    assert widget.points_layer is None
+    labels = labels_of(widget)
+    for t in range(T):
+        assert_frame_is_engine_result(widget, labels, t, (t,))
+    assert f"{T} of {T} frames" in widget.status.text(), widget.status.text()

@@ -7,6 +7,7 @@ prompt layers and writes results (through :class:`~napari_sam2.plugin.labels_wri
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +48,7 @@ from .prompt_layers import (
 )
 from .track_target import TargetError, TrackTarget, current_indices, layer_data, leading_axes
 
+logger = logging.getLogger(__name__)
 CUSTOM_CHECKPOINT = "custom checkpoint…"
 NEW_LABELS = "(new Labels layer)"
 DIRECTIONS = ("forward", "backward", "both")
@@ -200,6 +202,8 @@ class SAM2TrackingWidget(QWidget):
 
     def _fail(self, error: BaseException | str) -> None:
         text = str(error)
+        if isinstance(error, BaseException):  # the traceback goes to the log, the message to the user
+            logger.error("napari-sam2: %s", text, exc_info=error)
         self._say(f"Error: {text}")
         show_error(text)
 
@@ -651,7 +655,7 @@ class SAM2TrackingWidget(QWidget):
     def _start(self, func: Callable, *args: Any, on_return: Callable | None = None,
                on_yield: Callable | None = None, busy: bool = False, then: Callable | None = None) -> Any:
         """Run ``func`` in a napari worker thread (one at a time); ``then`` runs in the GUI thread afterwards."""
-        worker = create_worker(func, *args, _start_thread=False)
+        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)  # errors go to _fail
         self._worker = worker
         if busy:
             self.progress.setRange(0, 0)  # an indeterminate bar is the busy indicator
