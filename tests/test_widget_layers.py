@@ -349,22 +349,27 @@ def test_switching_to_an_image_of_the_same_shape_keeps_what_was_written(make_nap
     np.testing.assert_array_equal(np.delete(labels, [1, 3], axis=0), np.delete(before, [1, 3], axis=0))
 
 
-def test_switching_to_an_image_with_another_pixel_size_clicks_land_where_clicked(make_napari_viewer, model, qtbot):
+@pytest.mark.parametrize("switched", [False, True], ids=["from-the-start", "after-switching"])
+def test_clicks_on_an_image_with_another_pixel_size_land_where_clicked(make_napari_viewer, model, qtbot, switched):
     viewer = make_napari_viewer()
-    widget, first = open_widget(viewer, model, movie(), name="first")
-    click_and_wait(qtbot, widget, 1)
-    second = viewer.add_image(movie(), name="second", scale=(1.0, 0.5, 0.5))  # pixels half as large
-
-    widget.set_image_layer(second)
+    if switched:  # a session on an image of pixel size 1 first, then the user picks an image of pixel size 0.5
+        widget, first = open_widget(viewer, model, movie(), name="first")
+        click_and_wait(qtbot, widget, 1)
+        second = viewer.add_image(movie(), name="second", scale=(1.0, 0.5, 0.5))
+        widget.set_image_layer(second)
+    else:
+        widget, second = open_widget(viewer, model, movie(), name="second", scale=(1.0, 0.5, 0.5))
     points = widget.points_layer
-    assert points is not None
+    assert points is not None and widget.controller.target.layer is second
     world = np.array([2.0, 0.5 * BLOB[0], 0.5 * BLOB[1]])  # where the mouse clicks: on the blob of frame 2
     points.add(points.world_to_data(world))  # what napari's add mode does with a click
     wait_idle(qtbot, widget)
 
     session = widget.controller.session
-    assert session is not None and 2 in session.prompted_frames(widget.objects.current_id)
-    np.testing.assert_allclose(session.prompts(widget.objects.current_id)[2].points, [BLOB])
+    obj = widget.objects.current_id
+    assert session is not None and 2 in session.prompted_frames(obj)
+    np.testing.assert_allclose(session.prompts(obj)[2].points, [BLOB])  # pixel (row, col) of the image clicked
+    assert_frame_is_engine_result(widget, labels_of(widget), 2, (2,))
 
 
 # ---------------------------------------------------------------------------------------------------- removing

@@ -82,8 +82,9 @@ class TrackingController:
         axis = self.target.track_axis if self.target is not None else 0
         self.writer = LabelsWriter(layer, frame_axis=axis, fixed_index=fixed)
         for t in range(self.writer.n_frames):
-            if self.writer.read_frame(t).any():
-                self.writer.mark_synced(t, np.unique(self.writer.read_frame(t))[1:].tolist())
+            present = np.unique(self.writer.read_frame(t))
+            if present[-1] != 0:
+                self.writer.mark_synced(t, present[present != 0].tolist())
 
     def ensure_session(self) -> TrackingSession:
         """The session, created on first use from the model and target."""
@@ -140,6 +141,8 @@ class TrackingController:
         """Give one object's clicks / box on one frame to the session; the frame's new mask of that object."""
         frame, obj_id = key
         session = self.ensure_session()
+        # Recorded first: a prompt the session refuses (e.g. a click outside the image) is reported once, not retried.
+        self._sent[key] = prompts
         if prompts.empty:
             if obj_id in session.obj_ids and frame in session.prompted_frames(obj_id):
                 session.clear_prompts(frame, obj_id)
@@ -147,7 +150,6 @@ class TrackingController:
             session.add_box(frame, obj_id, prompts.box, prompts.points, prompts.labels)
         else:
             session.add_points(frame, obj_id, prompts.points, prompts.labels)
-        self._sent[key] = prompts
         if prompts.empty:
             self._sent.pop(key, None)
         return self._object_write(frame, obj_id)

@@ -236,6 +236,7 @@ class SAM2TrackingWidget(QWidget):
         self.model_label.setText(describe_model(model))
         self._say("Model ready. Click on an object in the image (SAM 2 clicks layer) to segment it.")
         self._ensure_layers()
+        self._on_prompts_edited()
 
     # ================================================================== layers
 
@@ -340,6 +341,7 @@ class SAM2TrackingWidget(QWidget):
             self.target_label.setText("")
         self._refresh_labels_choices(keep=previous_output)
         self._ensure_layers()
+        self._on_prompts_edited()  # prompts already in the layers go to the new session
 
     def _on_labels_changed(self, _index: int = 0) -> None:
         layer = self.labels_combo.currentData()
@@ -507,6 +509,7 @@ class SAM2TrackingWidget(QWidget):
             return
         target = self.controller.target
         if target is None or self.controller.model is None or self.labels_layer is None:
+            self._prompts_dirty = False  # re-read once a model, an image and an output layer are set
             return
         changes = self.controller.changed_prompts(read_prompts(target, self.points_layer, self.shapes_layer))
         if not changes:
@@ -523,7 +526,7 @@ class SAM2TrackingWidget(QWidget):
                 self._write(write)
                 self._say(f"Object {key[1]} on frame {key[0]}: mask updated. Add clicks, or propagate.")
 
-        self._start(self.controller.compute_prompt, key, prompts, on_return=done, busy=True, then=self._pump)
+        self._start(self.controller.compute_prompt, key, prompts, on_return=done, busy=True)
 
     def use_painted_mask(self) -> None:
         """Send the current object's painted pixels on this frame as a mask prompt (Shift-M)."""
@@ -676,6 +679,7 @@ class SAM2TrackingWidget(QWidget):
             self.propagate_button.setEnabled(True)
             if then is not None:
                 then()
+            QTimer.singleShot(0, self._pump)  # prompts the user gave meanwhile
 
         worker.finished.connect(finished)
         worker.start()
