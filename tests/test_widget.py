@@ -337,3 +337,21 @@ def test_changing_the_model_keeps_every_prompt(widget, qtbot):
     assert list(history) == list(before) == [2]
     assert [p.points.tolist() for p in history[2]] == [p.points.tolist() for p in before[2]]
     assert (session.label_image(2) == 1).any()
+
+
+def test_contrast_limits_are_read_at_the_first_prompt_and_on_restart(widget, qtbot):
+    image = widget.controller.target.layer
+    image.contrast_limits = (250.0, 2000.0)
+    click(widget, 1, (40, 30))
+    wait_idle(qtbot, widget)
+    mapping = widget.controller.session.source.mapping
+    assert (mapping.low, mapping.high) == (250.0, 2000.0)
+    image.contrast_limits = (300.0, 1500.0)
+    assert widget.controller.session.source.mapping.high == 2000.0  # a running session keeps its intensities
+    widget.restart_session()
+    wait_idle(qtbot, widget)
+    session = widget.controller.session
+    assert (session.source.mapping.low, session.source.mapping.high) == (300.0, 1500.0)
+    assert list(session.prompts(1)) == [1]
+    assert np.array_equal(labels_of(widget)[1] == 1, object_mask(widget, 1, 1))
+    assert "300..1500" in widget.status.text()

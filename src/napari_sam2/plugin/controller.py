@@ -93,9 +93,19 @@ class TrackingController:
         if self.target is None:
             raise RuntimeError("no image to track: choose an image layer")
         if self.session is None:
+            self.target.refresh_contrast()  # the display range when tracking starts is what the model sees
             self.session = TrackingSession(self.model, self.target.frames, contrast_limits=self.target.contrast_limits,
                                            rgb=self.target.rgb or None)
         return self.session
+
+    def restart(self) -> list[FrameWrite]:
+        """Rebuild the session with the image layer's current contrast limits, replaying every prompt (clicks, boxes
+        and painted masks); the prompted frames' new results. Worker thread."""
+        if self.session is None:
+            return []
+        self.session = self._replayed(self.session)
+        return [self._object_write(frame, obj_id) for obj_id in self.session.obj_ids
+                for frame in self.session.prompted_frames(obj_id)]
 
     def _replayed(self, old: TrackingSession) -> TrackingSession:
         self.session = None

@@ -76,10 +76,11 @@ class TrackTarget:
         rgb = bool(getattr(layer, "rgb", False))
         frames = ReorderedFrames(data, names + ("C" if rgb else ""), track=str(track_axis),
                                  channel="C" if rgb else None, fixed={str(a): i for a, i in fixed.items()})
-        low, high = (float(v) for v in layer.contrast_limits)
-        if not high > low:
-            high = low + 1.0
-        return cls(layer, track_axis, fixed, (low, high), frames)
+        return cls(layer, track_axis, fixed, _display_range(layer), frames)
+
+    def refresh_contrast(self) -> None:
+        """Take the layer's current contrast limits (done when a session starts)."""
+        self.contrast_limits = _display_range(self.layer)
 
     @property
     def rgb(self) -> bool:
@@ -112,3 +113,8 @@ class TrackTarget:
         text = f"{name(self.track_axis)} ({self.num_frames} frames)"
         others = ", ".join(f"{name(axis)} = {index}" for axis, index in sorted(self.fixed.items()))
         return f"{text}; {others}" if others else text
+
+
+def _display_range(layer: Any) -> tuple[float, float]:
+    low, high = (float(v) for v in layer.contrast_limits)
+    return (low, high) if high > low else (low, low + 1.0)

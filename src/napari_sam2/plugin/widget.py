@@ -125,7 +125,12 @@ class SAM2TrackingWidget(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Track along", self.axis_combo)
         form.addRow("Output", self.labels_combo)
+        self.restart_button = QPushButton("Restart session with the current contrast")
+        self.restart_button.setToolTip("Recompute every prompt with the image layer's contrast limits as they are now; "
+                                       "results already written stay until you propagate again.")
+        self.restart_button.clicked.connect(self.restart_session)
         form.addRow(self.target_label)
+        form.addRow(self.restart_button)
         layout.addWidget(data_box)
 
         obj_box = QGroupBox("Objects and prompts")
@@ -331,8 +336,8 @@ class SAM2TrackingWidget(QWidget):
         self.controller.set_labels_layer(None)
         self._drop_prompt_layers()
         if target is not None:
-            self.target_label.setText(f"Tracking {target.describe(self._axis_names(layer))}; intensities "
-                                      f"{target.contrast_limits[0]:g}..{target.contrast_limits[1]:g}")
+            self.target_label.setText(f"Tracking {target.describe(self._axis_names(layer))}. The model sees the "
+                                      "layer's contrast limits as they are at the first prompt.")
             for spin in (self.first_spin, self.last_spin):
                 spin.setRange(0, target.num_frames - 1)
             self.first_spin.setValue(0)
@@ -422,6 +427,22 @@ class SAM2TrackingWidget(QWidget):
                 layer.events.data.disconnect(self._on_prompts_edited)
                 self._old_prompt_layers.append(layer)
         self.points_layer = self.shapes_layer = None
+
+    def restart_session(self) -> Any:
+        """Rebuild the session with the layer's current contrast limits; every prompt is replayed (a worker)."""
+        if self.busy or self.controller.session is None:
+            return None
+        generation = self._generation
+
+        def done(writes: list[FrameWrite]) -> None:
+            if generation == self._generation:
+                for write in writes:
+                    self._write(write)
+                low, high = self.controller.target.contrast_limits
+                self._say(f"Session restarted with intensities {low:g}..{high:g}; propagate to update other frames.")
+
+        self._say("Restarting the session with the current contrast limits…")
+        return self._start(self.controller.restart, on_return=done, busy=True)
 
     def _on_layer_removed(self, event: Any) -> None:
         removed = event.value
