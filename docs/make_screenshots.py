@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     try:  # napari 0.9 shows a "PyQt5 is deprecated" notice over the canvas on the first show; not for the docs
-        import napari._qt.qt_main_window as qt_main_window
+        from napari._qt import qt_main_window
 
         qt_main_window.SHOW_QT_WARNING = False
     except (ImportError, AttributeError):
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     viewer = napari.Viewer(show=True, title="napari")
     viewer.window.resize(*WINDOW)
-    image_layer, truth_layer = viewer.open_sample("napari-sam2", "time_lapse")  # File > Open Sample
+    _image_layer, truth_layer = viewer.open_sample("napari-sam2", "time_lapse")  # File > Open Sample
     truth = np.asarray(truth_layer.data)  # only used to place clicks, boxes and strokes on the cells
     widget = SAM2TrackingWidget(viewer)
     viewer.window.add_dock_widget(widget, name="SAM 2 tracking")
@@ -226,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         labels.refresh()
         labels.preserve_labels = False
     cell = truth[frame] == 1
-    cy, cx = centroid(cell)
     labels.mode = "paint"
     labels.brush_size = 6
     labels._begin_stroke()  # short strokes over the cell, as a user would paint it

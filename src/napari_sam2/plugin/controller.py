@@ -183,7 +183,9 @@ class TrackingController:
         if direction == "backward" and first <= start:
             runs.append((start, "backward", start - first))
         if direction == "both" and first < start:
-            runs.append((start - 1, "backward", start - 1 - first))
+            # Backward from ``start`` again (a conditioning frame is not recomputed): a backward run from
+            # start - 1 = 0 would cover nothing, as in the reference.
+            runs.append((start, "backward", start - first))
         for run_start, run_direction, span in runs:
             for frame, obj_ids, logits in session.propagate(run_start, run_direction, span):
                 labels = labels_from_logits(obj_ids, logits, dtype=self._label_dtype())
@@ -192,7 +194,7 @@ class TrackingController:
     def frames_in_run(self, start: int, direction: str, first: int, last: int) -> int:
         """How many frames :meth:`propagation` visits (for the progress bar)."""
         forward = last - start + 1 if direction in ("forward", "both") and last >= start else 0
-        backward = {"backward": start - first + 1, "both": start - first}.get(direction, 0)
+        backward = start - first + 1 if direction == "backward" or (direction == "both" and first < start) else 0
         return forward + max(backward, 0)
 
     def _object_write(self, frame: int, obj_id: int) -> FrameWrite:

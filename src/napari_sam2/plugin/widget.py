@@ -81,7 +81,8 @@ class SAM2TrackingWidget(QWidget):
         self._worker: Any = None
         self._prompts_dirty = False
         self._run_state: dict[str, Any] | None = None
-        self._old_prompt_layers: list[Any] = []
+        self._old_prompt_layers: list[tuple[Any, Any]] = []  # (image layer, prompt layer) no longer in use
+        self._prompt_image: Any = None  # the image layer the current prompt layers belong to
         self._generation = 0  # bumped whenever the target changes: results of older workers are dropped
         self._build_ui()
         self.setToolTip("Keyboard shortcuts (with a SAM 2 layer selected):\n" + shortcut_help())
@@ -240,6 +241,9 @@ class SAM2TrackingWidget(QWidget):
             return
         self.model_label.setText(describe_model(model))
         self._say("Model ready. Click on an object in the image (SAM 2 clicks layer) to segment it.")
+        if self.controller.target is None and self.image_layer is not None:
+            self._retarget()  # says why the image cannot be tracked
+            return
         self._ensure_layers()
         self._on_prompts_edited()
 
@@ -293,6 +297,8 @@ class SAM2TrackingWidget(QWidget):
         index = self.image_combo.findData(layer)
         if index < 0:
             raise ValueError(f"layer {layer.name!r} is not an Image layer of this viewer")
+        if leading_axes(layer) < 1:
+            TrackTarget.from_layer(layer, track_axis)  # raises TargetError saying why a 2-D image cannot be tracked
         if not 0 <= track_axis < leading_axes(layer):
             raise ValueError(f"layer {layer.name!r} has leading axes 0..{leading_axes(layer) - 1}, not {track_axis}")
         if index != self.image_combo.currentIndex():
@@ -403,16 +409,20 @@ class SAM2TrackingWidget(QWidget):
         if self.points_layer is None:
             self.points_layer = self._adopt(self._find_prompt_layer(Points) or make_points_layer(target.layer, obj_id))
             self.viewer.layers.selection.active = self.points_layer
-        self._on_object_selected(obj_id)
+        set_prompt_defaults(self.points_layer, obj_id=obj_id, positive=not self.negative_check.isChecked())
+        set_prompt_defaults(self.shapes_layer, obj_id=obj_id)
 
     def _find_prompt_layer(self, kind: type) -> Any:
-        """An earlier prompt layer of this widget that fits the current image (same number of axes)."""
-        for layer in self._old_prompt_layers:
-            if isinstance(layer, kind) and layer in self.viewer.layers and layer.ndim == self.controller.target.layer.ndim:
+        """This widget's earlier prompt layer over the current image (prompts belong to the image they were made on)."""
+        image = self.controller.target.layer
+        for owner, layer in self._old_prompt_layers:
+            if owner is image and isinstance(layer, kind) and layer in self.viewer.layers:
+                self._old_prompt_layers.remove((owner, layer))
                 return layer
         return None
 
     def _adopt(self, layer: Any) -> Any:
+        self._prompt_image = self.controller.target.layer
         if layer not in self.viewer.layers:
             self.viewer.add_layer(layer)
         layer.events.data.connect(self._on_prompts_edited)
@@ -425,7 +435,7 @@ class SAM2TrackingWidget(QWidget):
         for layer in (self.points_layer, self.shapes_layer):
             if layer is not None:
                 layer.events.data.disconnect(self._on_prompts_edited)
-                self._old_prompt_layers.append(layer)
+                self._old_prompt_layers.append((self._prompt_image, layer))
         self.points_layer = self.shapes_layer = None
 
     def restart_session(self) -> Any:
@@ -446,18 +456,24 @@ class SAM2TrackingWidget(QWidget):
 
     def _on_layer_removed(self, event: Any) -> None:
         removed = event.value
+        target = self.controller.target
+        self._old_prompt_layers = [(i, p) for i, p in self._old_prompt_layers if removed is not i and removed is not p]
         if removed is self.points_layer or removed is self.shapes_layer:
             removed.events.data.disconnect(self._on_prompts_edited)
             if removed is self.points_layer:
                 self.points_layer = None
             else:
                 self.shapes_layer = None
-            self._say("A prompt layer was removed; its prompts stay in the session.")
+            # What the removed layer held stays in the session: it is not a deletion of those prompts.
+            self.controller.mark_prompts_sent(read_prompts(target, self.points_layer, self.shapes_layer))
+            self._say("A prompt layer was removed; its prompts stay in the session. Select an object to get a new one.")
         if removed is self.labels_layer:
-            self._abort_worker()
+            self._stale_run()
             self.controller.set_labels_layer(None)
             self._say("The output Labels layer was removed; pick or create another one to go on.")
         self._refresh_layer_choices()
+        if target is not None and removed is target.layer:
+            self._say("The image layer was removed; its session ended. Pick another image to go on.")
 
     def _shortcut(self, method: str) -> Callable[[Any], None]:
         def run(_layer: Any) -> None:
@@ -490,6 +506,7 @@ class SAM2TrackingWidget(QWidget):
         self._say(f"Removed object {obj_id}.")
 
     def _on_object_selected(self, obj_id: int) -> None:
+        self._ensure_layers()  # brings back a prompt layer the user removed
         set_prompt_defaults(self.points_layer, obj_id=obj_id)
         set_prompt_defaults(self.shapes_layer, obj_id=obj_id)
         if self.labels_layer is not None:
@@ -629,7 +646,11 @@ class SAM2TrackingWidget(QWidget):
             for write in controller.propagation(start, direction, first, last):
                 yield "frame", write
 
-        self._run_state = {"done": 0, "total": total, "t0": time.perf_counter(), "note": note,
+        span = range(start, last + 1) if direction == "forward" else range(first, start + 1)
+        if direction == "both":
+            span = range(first, last + 1)
+        self._run_state = {"done": 0, "total": total, "t0": time.perf_counter(), "note": note, "frames": set(),
+                           "range_frames": len(span),
                            "generation": self._generation}
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
@@ -646,11 +667,13 @@ class SAM2TrackingWidget(QWidget):
         _, write = item
         self._write(write)
         state["done"] += 1
+        if item[0] == "frame":
+            state["frames"].add(write.frame)
         done, total = state["done"], state["total"]
         elapsed = time.perf_counter() - state["t0"]
         eta = elapsed / done * (total - done)
         self.progress.setValue(done)
-        self.progress.setFormat(f"{done}/{total} frames, ETA {eta:.0f} s")
+        self.progress.setFormat(f"{done}/{total} steps, ETA {eta:.0f} s")
         if self.follow_check.isChecked():
             target = self.controller.target
             world_axis = self.viewer.dims.ndim - target.layer.ndim + target.track_axis
@@ -662,9 +685,9 @@ class SAM2TrackingWidget(QWidget):
         writer = self.controller.writer
         if writer is not None and writer.in_undo_group:
             writer.end_undo_group()
-        if state is not None and not self.status.text().startswith("Error"):
+        if state is not None and state["generation"] == self._generation and not self.status.text().startswith("Error"):
             word = "Cancelled" if state.get("cancelled") else "Done"
-            self._say(f"{state['note']} {word}: {state['done']} of {state['total']} frames written "
+            self._say(f"{state['note']} {word}: {len(state['frames'])} of {state['range_frames']} frames written "
                       f"in {time.perf_counter() - state['t0']:.1f} s.".strip())
 
     def cancel(self) -> None:
@@ -710,8 +733,15 @@ class SAM2TrackingWidget(QWidget):
         """Stop a running job whose target is going away (its results will be dropped)."""
         if self._worker is not None:
             self._worker.quit()
-            if self._run_state is not None:
-                self._run_state["cancelled"] = True
+            self._stale_run()
+
+    def _stale_run(self) -> None:
+        """Stop a running propagation and drop the frames still on their way (their layer or target is gone)."""
+        if self._run_state is not None:
+            self._run_state["cancelled"] = True
+            self._run_state["generation"] = None
+            if self._worker is not None:
+                self._worker.quit()
 
     # ================================================================== files
 
