@@ -48,7 +48,7 @@ def run(qtbot, widget, **kwargs):
 
 def test_widget_is_contributed_by_the_plugin_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "SAM 2 tracking")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "SAM 2 tracking")
     assert isinstance(widget, SAM2TrackingWidget)
     for key in SHORTCUTS:
         assert key in widget.toolTip()

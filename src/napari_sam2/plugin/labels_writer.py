@@ -656,6 +656,10 @@ class LabelsWriter:
         """The engine's last write on frame ``t`` as a (Y, X) label plane (0 where it wrote nothing)."""
         return _unpack(self._records.get(self._check_frame(t)), self._plane_shape)
 
+    def tracked_planes(self) -> TrackedPlanes:
+        """The tracked (Y, X) plane of every frame as a lazy, read-only (T, Y, X) stack (for the exporters)."""
+        return TrackedPlanes(self)
+
     def record_nbytes(self) -> int:
         """Approximate memory held by the records of all frames."""
         return sum(p.nbytes for p in self._records.values())
@@ -669,3 +673,19 @@ class LabelsWriter:
                 emitter.disconnect(callback)
             except (TypeError, ValueError, RuntimeError):
                 pass
+
+
+class TrackedPlanes:
+    """(T, Y, X) read-only view of a Labels layer's tracked plane, one frame at a time (copies, safe to keep)."""
+
+    def __init__(self, writer: LabelsWriter) -> None:
+        self._writer = writer
+        self.shape = (writer.n_frames, *writer.plane_shape)
+        self.dtype = np.dtype(writer.layer.data.dtype)
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.array(self._writer.read_frame(t))

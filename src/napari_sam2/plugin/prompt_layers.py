@@ -154,3 +154,19 @@ def remove_object_prompts(layer: Any, obj_id: int) -> None:
     if hasattr(layer, "remove_selected"):
         layer.selected_data = set(np.flatnonzero(~keep).tolist())
         layer.remove_selected()
+
+
+def add_session_prompts(session: Any, target: TrackTarget, points_layer: Any, shapes_layer: Any) -> None:
+    """Show a (loaded) session's current clicks and boxes in the prompt layers, with their object ids (mask prompts
+    have no place there: they are in the Labels layer)."""
+    for obj_id in session.obj_ids:
+        for frame, prompt in session.prompts(obj_id).items():
+            if points_layer is not None and len(prompt.points):
+                for yx, label in zip(prompt.points, prompt.labels, strict=True):
+                    set_prompt_defaults(points_layer, obj_id=obj_id, positive=bool(label))
+                    points_layer.add(prompt_rows(target, frame, yx[None]))
+            if shapes_layer is not None and prompt.box is not None:
+                y0, x0, y1, x1 = prompt.box
+                set_prompt_defaults(shapes_layer, obj_id=obj_id)
+                shapes_layer.add_rectangles([prompt_rows(target, frame, np.array([[y0, x0], [y0, x1], [y1, x1],
+                                                                                   [y1, x0]]))])

@@ -19,39 +19,27 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..exports import tracks_from_labels, write_ctc, write_label_tiff
-from ..weights import DEFAULT_MODEL, KNOWN_MODELS, describe_model, load_model
+from ..weights import describe_model, load_model
 from .controller import Correction, FrameWrite, TrackingController
 from .labels_writer import next_free_label
-from .object_list import ObjectList
 from .prompt_layers import (
+    add_session_prompts,
     make_points_layer,
     make_shapes_layer,
-    prompt_rows,
     read_prompts,
     remove_object_prompts,
     set_prompt_defaults,
 )
 from .track_target import TargetError, TrackTarget, current_indices, layer_data, leading_axes
+from .widget_layout import CUSTOM_CHECKPOINT, FILE_ACTIONS, build_controls
 
 logger = logging.getLogger(__name__)
-CUSTOM_CHECKPOINT = "custom checkpoint…"
 NEW_LABELS = "(new Labels layer)"
-DIRECTIONS = ("forward", "backward", "both")
 
 # Shortcut -> (widget method name, what it does); bound on the prompt layers and the output Labels layer.
 SHORTCUTS = {
@@ -84,7 +72,8 @@ class SAM2TrackingWidget(QWidget):
         self._old_prompt_layers: list[tuple[Any, Any]] = []  # (image layer, prompt layer) no longer in use
         self._prompt_image: Any = None  # the image layer the current prompt layers belong to
         self._generation = 0  # bumped whenever the target changes: results of older workers are dropped
-        self._build_ui()
+        build_controls(self)
+        self._connect_controls()
         self.setToolTip("Keyboard shortcuts (with a SAM 2 layer selected):\n" + shortcut_help())
         layers = self.viewer.layers
         layers.events.inserted.connect(self._refresh_layer_choices)
@@ -93,115 +82,23 @@ class SAM2TrackingWidget(QWidget):
 
     # ================================================================== UI
 
-    def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
-
-        model_box = QGroupBox("Model")
-        form = QFormLayout(model_box)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems(list(KNOWN_MODELS) + [CUSTOM_CHECKPOINT])
-        self.model_combo.setCurrentText(DEFAULT_MODEL)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(_available_devices())
-        self.load_button = QPushButton("Load model")
+    def _connect_controls(self) -> None:
         self.load_button.clicked.connect(self._on_load_clicked)
-        self.model_label = QLabel("no model loaded")
-        self.model_label.setWordWrap(True)
-        form.addRow("Model", self.model_combo)
-        form.addRow("Device", self.device_combo)
-        form.addRow(self.load_button)
-        form.addRow(self.model_label)
-        layout.addWidget(model_box)
-
-        data_box = QGroupBox("Data")
-        form = QFormLayout(data_box)
-        self.image_combo = QComboBox()
-        self.axis_combo = QComboBox()
-        self.labels_combo = QComboBox()
-        self.target_label = QLabel("")
-        self.target_label.setWordWrap(True)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.axis_combo.currentIndexChanged.connect(self._on_axis_changed)
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
-        form.addRow("Image", self.image_combo)
-        form.addRow("Track along", self.axis_combo)
-        form.addRow("Output", self.labels_combo)
-        self.restart_button = QPushButton("Restart session with the current contrast")
-        self.restart_button.setToolTip("Recompute every prompt with the image layer's contrast limits as they are now; "
-                                       "results already written stay until you propagate again.")
         self.restart_button.clicked.connect(self.restart_session)
-        form.addRow(self.target_label)
-        form.addRow(self.restart_button)
-        layout.addWidget(data_box)
-
-        obj_box = QGroupBox("Objects and prompts")
-        box_layout = QVBoxLayout(obj_box)
-        self.objects = ObjectList()
         self.objects.selected_id.connect(self._on_object_selected)
-        row = QHBoxLayout()
-        self.new_object_button = QPushButton("New object")
         self.new_object_button.clicked.connect(self.new_object)
-        self.remove_object_button = QPushButton("Remove object")
         self.remove_object_button.clicked.connect(self.remove_selected_object)
-        row.addWidget(self.new_object_button)
-        row.addWidget(self.remove_object_button)
-        self.negative_check = QCheckBox("Negative clicks (T)")
         self.negative_check.toggled.connect(self._on_polarity_toggled)
-        self.mask_button = QPushButton("Use painted mask on this frame")
-        self.mask_button.setToolTip("Send what you painted for the selected object on the current frame as a mask "
-                                    "prompt (Shift-M). Painted corrections are also picked up before propagating.")
         self.mask_button.clicked.connect(self.use_painted_mask)
-        box_layout.addWidget(self.objects)
-        box_layout.addLayout(row)
-        box_layout.addWidget(self.negative_check)
-        box_layout.addWidget(self.mask_button)
-        layout.addWidget(obj_box)
-
-        run_box = QGroupBox("Propagate")
-        form = QFormLayout(run_box)
-        self.direction_combo = QComboBox()
-        self.direction_combo.addItems(DIRECTIONS)
-        self.first_spin = QSpinBox()
-        self.last_spin = QSpinBox()
-        range_row = QHBoxLayout()
-        range_row.addWidget(self.first_spin)
-        range_row.addWidget(QLabel("to"))
-        range_row.addWidget(self.last_spin)
-        self.follow_check = QCheckBox("Follow the frames")
-        self.follow_check.setChecked(True)
-        self.propagate_button = QPushButton("Propagate from this frame")
         self.propagate_button.clicked.connect(lambda: self.propagate())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        form.addRow("Direction", self.direction_combo)
-        form.addRow("Frames", range_row)
-        form.addRow(self.follow_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.propagate_button)
-        buttons.addWidget(self.cancel_button)
-        form.addRow(buttons)
-        form.addRow(self.progress)
-        layout.addWidget(run_box)
-
-        file_box = QGroupBox("Session and export")
-        grid = QHBoxLayout(file_box)
-        for text, slot in (("Save session", self._on_save_session), ("Load session", self._on_load_session),
-                           ("TIFF", self._on_export_tiff), ("CTC", self._on_export_ctc),
-                           ("Tracks layer", self.add_tracks_layer)):
-            button = QPushButton(text)
-            button.clicked.connect(slot)
-            grid.addWidget(button)
-        layout.addWidget(file_box)
-
-        self.status = QLabel("Load a model, pick an image, then click on a cell.")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        slots = (self._on_save_session, self._on_load_session, self._on_export_tiff, self._on_export_ctc,
+                 self.add_tracks_layer)
+        for text, slot in zip(FILE_ACTIONS, slots, strict=True):
+            self.file_buttons[text].clicked.connect(slot)
 
     def _say(self, text: str) -> None:
         self.status.setText(text)
@@ -773,37 +670,24 @@ class SAM2TrackingWidget(QWidget):
             session, writes = result
             for write in writes:
                 self._write(write)
-            self._show_loaded_prompts(session)
+            for obj_id in session.obj_ids:
+                self.objects.add_id(obj_id, select=False)
+            current = self.objects.current_id or 1
+            add_session_prompts(session, self.controller.target, self.points_layer, self.shapes_layer)
+            set_prompt_defaults(self.points_layer, obj_id=current, positive=not self.negative_check.isChecked())
+            set_prompt_defaults(self.shapes_layer, obj_id=current)
+            self.controller.mark_prompts_sent(read_prompts(self.controller.target, self.points_layer,
+                                                           self.shapes_layer))
+            self._prompts_dirty = False
             self._say(f"Session loaded: objects {session.obj_ids}. Propagate to track them.")
 
         return self._start(job, on_return=done, busy=True)
-
-    def _show_loaded_prompts(self, session: Any) -> None:
-        """Put a loaded session's clicks and boxes into the prompt layers (mask prompts are in the Labels layer)."""
-        target = self.controller.target
-        for obj_id in session.obj_ids:
-            self.objects.add_id(obj_id, select=False)
-            for frame, prompt in session.prompts(obj_id).items():
-                if self.points_layer is not None and len(prompt.points):
-                    for yx, label in zip(prompt.points, prompt.labels, strict=True):
-                        set_prompt_defaults(self.points_layer, obj_id=obj_id, positive=bool(label))
-                        self.points_layer.add(prompt_rows(target, frame, yx[None]))
-                if self.shapes_layer is not None and prompt.box is not None:
-                    y0, x0, y1, x1 = prompt.box
-                    set_prompt_defaults(self.shapes_layer, obj_id=obj_id)
-                    corners = prompt_rows(target, frame, np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]))
-                    self.shapes_layer.add_rectangles([corners])
-        current = self.objects.current_id or (session.obj_ids[0] if session.obj_ids else 1)
-        set_prompt_defaults(self.points_layer, obj_id=current, positive=not self.negative_check.isChecked())
-        set_prompt_defaults(self.shapes_layer, obj_id=current)
-        self.controller.mark_prompts_sent(read_prompts(target, self.points_layer, self.shapes_layer))
-        self._prompts_dirty = False
 
     def _label_stack(self) -> Any:
         writer = self.controller.writer
         if writer is None:
             raise RuntimeError("no output Labels layer to export")
-        return _FrameStack(writer)
+        return writer.tracked_planes()
 
     def export_tiff(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the output Labels layer's tracked plane, (T, Y, X), as an OME-TIFF."""
@@ -855,26 +739,10 @@ class SAM2TrackingWidget(QWidget):
         except Exception as error:  # noqa: BLE001 - file errors are shown, not raised into Qt
             self._fail(error)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+    def closeEvent(self, event: Any) -> None:
         self._abort_worker()
         self.controller.set_labels_layer(None)
         super().closeEvent(event)
-
-
-class _FrameStack:
-    """(T, Y, X) read-only view of the Labels layer's tracked plane, frame by frame (for the exporters)."""
-
-    def __init__(self, writer: Any) -> None:
-        self._writer = writer
-        self.shape = (writer.n_frames, *writer.plane_shape)
-        self.dtype = np.dtype(writer.layer.data.dtype)
-        self.ndim = 3
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, t: int) -> np.ndarray:
-        return np.array(self._writer.read_frame(t))
 
 
 def _describe_corrections(corrections: list[Correction]) -> str:
@@ -883,15 +751,3 @@ def _describe_corrections(corrections: list[Correction]) -> str:
         per_object.setdefault(c.obj_id, []).append(c.frame)
     return "; ".join(f"object {obj_id} on frame{'s' if len(frames) > 1 else ''} {', '.join(map(str, frames))}"
                      for obj_id, frames in sorted(per_object.items()))
-
-
-def _available_devices() -> list[str]:
-    import torch
-
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
