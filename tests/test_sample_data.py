@@ -177,7 +177,8 @@ def test_manifest_is_valid():
     manifest = npe2.PluginManifest.from_distribution("napari-sam2")
     assert manifest.display_name == "SAM 2 tracking"
     assert {s.key for s in manifest.contributions.sample_data} == {"time_lapse", "z_stack"}
-    assert not manifest.contributions.widgets  # the dock widget is contributed elsewhere
+    assert [(w.command, w.display_name) for w in manifest.contributions.widgets] == [
+        ("napari-sam2.tracking_widget", "SAM 2 tracking")]
 
 
 @pytest.mark.parametrize(
@@ -194,3 +195,14 @@ def test_open_sample_in_napari(make_napari_viewer, key, name, shape):
     assert image.data.dtype == np.uint16 and image.data.shape == shape
     assert image.contrast_limits[1] > 255 * 40
     assert isinstance(truth, Labels) and not truth.visible and truth.data.shape == shape
+
+
+def test_sample_menu_does_not_import_torch_and_every_export_resolves():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_sam2, napari_sam2.sample_data as s; s.sample_z_stack(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert all(getattr(napari_sam2, name) is not None for name in napari_sam2.__all__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr

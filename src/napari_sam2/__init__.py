@@ -7,14 +7,42 @@ Scripting entry points::
 Axis order and coordinates follow napari: movies are (T, Y, X[, C]); points are (row, col) = (y, x).
 """
 
-from .engine.frames import FrameError
-from .engine.postprocess import labels_from_logits
-from .engine.session import TrackingSession, UnknownObjectError
-from .engine.session_file import SessionFileError
-from .exports import tracks_from_labels, write_ctc, write_label_tiff
-from .model.build import CheckpointError, build_model
-from .model.configs import CONFIGS, canonical_config_name
-from .weights import KNOWN_MODELS, WeightsError, describe_model, load_model
+from importlib import import_module
+from typing import Any
+
+# Loaded on first use, so that napari's sample menu and `napari-sam2 --help` do not pay for importing torch.
+_EXPORTS = {
+    "FrameError": ".engine.frames",
+    "labels_from_logits": ".engine.postprocess",
+    "TrackingSession": ".engine.session",
+    "UnknownObjectError": ".engine.session",
+    "SessionFileError": ".engine.session_file",
+    "tracks_from_labels": ".exports",
+    "write_ctc": ".exports",
+    "write_label_tiff": ".exports",
+    "CheckpointError": ".model.build",
+    "build_model": ".model.build",
+    "CONFIGS": ".model.configs",
+    "canonical_config_name": ".model.configs",
+    "KNOWN_MODELS": ".weights",
+    "WeightsError": ".weights",
+    "describe_model": ".weights",
+    "load_model": ".weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_sam2' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "CONFIGS",
