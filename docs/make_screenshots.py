@@ -5,8 +5,8 @@ Run it from the repository root, on a desktop or under Xvfb::
     xvfb-run -a -s "-screen 0 1920x1080x24" python docs/make_screenshots.py                  # random weights
     xvfb-run -a -s "-screen 0 1920x1080x24" python docs/make_screenshots.py --model sam2.1_hiera_tiny
 
-It opens napari (window 1400 x 900), opens the plugin's synthetic time-lapse sample (the same code as
-File > Open Sample > napari-sam2; its ground truth stays hidden), docks the widget and walks through the
+It opens napari (window 1400 x 1000), opens the plugin's synthetic time-lapse sample (the same code as
+File > Open Sample > SAM 2 tracking; its ground truth stays hidden), docks the widget and walks through the
 workflow, saving one PNG of the whole window per step into docs/images/:
 
 1. ``01-model-loaded.png``   the widget docked, a model loaded
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
-WINDOW = (1400, 900)
+WINDOW = (1400, 1000)
 MAX_PNG_BYTES = 400_000
 
 

@@ -270,6 +270,7 @@ def test_shortcuts_are_bound_on_the_prompt_and_labels_layers(widget):
 
 
 def test_save_and_load_session_restores_prompts_and_masks(widget, qtbot, tmp_path, make_napari_viewer, model):
+    widget.controller.target.layer.contrast_limits = (250.0, 2000.0)
     click(widget, 2, (40, 30))
     widget.new_object()
     corners = prompt_rows(widget.controller.target, 2, np.array([[60, 50], [60, 75], [90, 75], [90, 50]], float))
@@ -283,6 +284,9 @@ def test_save_and_load_session_restores_prompts_and_masks(widget, qtbot, tmp_pat
     other.load_session(path)
     wait_idle(qtbot, other)
     assert other.controller.session.obj_ids == [1, 2]
+    mapping = other.controller.session.source.mapping
+    assert (mapping.low, mapping.high) == (250.0, 2000.0)  # the saved intensities, not the new layer's
+    assert "250..2000 as saved" in other.status.text()
     assert other.objects.ids == [1, 2]
     assert np.array_equal(labels_of(other)[2], written)
     assert len(other.points_layer.data) == 1 and len(other.shapes_layer.data) == 1

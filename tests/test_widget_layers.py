@@ -507,3 +507,26 @@ def test_removing_the_clicks_layer_while_propagating(make_napari_viewer, model, 
     for t in range(T):
         assert_frame_is_engine_result(widget, labels, t, (t,))
     assert f"{T} of {T} frames" in widget.status.text(), widget.status.text()
+
+
+def test_restart_moves_to_the_plane_the_viewer_shows(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    movie = np.stack([cells_movie(4, shape=SHAPE)] * 3, axis=1)  # (T, Z, Y, X)
+    layer = viewer.add_image(movie, name="tzyx")
+    viewer.dims.set_current_step(1, 0)
+    widget = SAM2TrackingWidget(viewer)
+    widget.use_model(model)
+    widget.set_image_layer(layer, 0)
+    assert widget.controller.target.fixed == {1: 0}
+    click(widget, 1, (30, 30))
+    wait_idle(qtbot, widget)
+    viewer.dims.set_current_step(1, 2)
+    widget.restart_session()
+    wait_idle(qtbot, widget)
+    assert widget.controller.target.fixed == {1: 2}
+    assert "axis 1 = 2" in widget.target_label.text()
+    written = np.asarray(widget.labels_layer.data)
+    assert written[1, 0].any() and not written[:, 2].any()  # the old plane's result stays, nothing on the new yet
+    click(widget, 1, (30, 30))
+    wait_idle(qtbot, widget)
+    assert np.asarray(widget.labels_layer.data)[1, 2].any()

@@ -239,8 +239,8 @@ class SAM2TrackingWidget(QWidget):
         self.controller.set_labels_layer(None)
         self._drop_prompt_layers()
         if target is not None:
-            self.target_label.setText(f"Tracking {target.describe(self._axis_names(layer))}. The model sees the "
-                                      "layer's contrast limits as they are at the first prompt.")
+            self.target_label.setText(f"Tracking {target.describe(self._axis_names(layer))}.")
+            self.target_label.setToolTip("The model sees the layer's contrast limits as they are at the first prompt.")
             for spin in (self.first_spin, self.last_spin):
                 spin.setRange(0, target.num_frames - 1)
             self.first_spin.setValue(0)
@@ -336,8 +336,18 @@ class SAM2TrackingWidget(QWidget):
         self.points_layer = self.shapes_layer = None
 
     def restart_session(self) -> Any:
-        """Rebuild the session with the layer's current contrast limits; every prompt is replayed (a worker)."""
-        if self.busy or self.controller.session is None:
+        """Take the image layer's current state: when the viewer now shows another plane of a fixed axis (another Z
+        of a 4-D movie, another channel), track that plane (a new session); otherwise rebuild the session with the
+        layer's current contrast limits, replaying every prompt (in a worker)."""
+        target = self.controller.target
+        if self.busy or target is None:
+            return None
+        here = current_indices(target.layer, self.viewer.dims.point)
+        if any(here[axis] != index for axis, index in target.fixed.items()):
+            self._retarget()
+            return None
+        if self.controller.session is None:
+            self._say("Nothing to restart yet: the contrast limits are read at the first prompt.")
             return None
         generation = self._generation
 
@@ -659,7 +669,7 @@ class SAM2TrackingWidget(QWidget):
         generation = self._generation
 
         def job() -> tuple[Any, list[FrameWrite]]:
-            session = TrackingSession.load(path, frames, model, contrast_limits=controller.target.contrast_limits)
+            session = TrackingSession.load(path, frames, model)  # with the intensities saved in the file
             controller.session = session
             return session, [controller._object_write(frame, obj_id) for obj_id in session.obj_ids
                              for frame in session.prompted_frames(obj_id)]
@@ -679,7 +689,9 @@ class SAM2TrackingWidget(QWidget):
             self.controller.mark_prompts_sent(read_prompts(self.controller.target, self.points_layer,
                                                            self.shapes_layer))
             self._prompts_dirty = False
-            self._say(f"Session loaded: objects {session.obj_ids}. Propagate to track them.")
+            low, high = session.source.mapping.low, session.source.mapping.high
+            self._say(f"Session loaded: objects {session.obj_ids}, intensities {low:g}..{high:g} as saved. "
+                      "Propagate to track them.")
 
         return self._start(job, on_return=done, busy=True)
 

@@ -56,9 +56,9 @@ def build_controls(widget: Any) -> None:
     form.addRow("Image", widget.image_combo)
     form.addRow("Track along", widget.axis_combo)
     form.addRow("Output", widget.labels_combo)
-    widget.restart_button = QPushButton("Restart session with the current contrast")
-    widget.restart_button.setToolTip("Recompute every prompt with the image layer's contrast limits as they are "
-                                     "now; results already written stay until you propagate again.")
+    widget.restart_button = QPushButton("Restart session (current contrast / plane)")
+    widget.restart_button.setToolTip("Take the image layer as it is now: its contrast limits (every prompt is "
+                                     "recomputed), or the plane the viewer shows of a 4-D or multichannel image.")
     form.addRow(widget.target_label)
     form.addRow(widget.restart_button)
     layout.addWidget(data_box)
