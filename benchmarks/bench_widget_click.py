@@ -52,7 +52,7 @@ def main() -> None:
         yx = rng.uniform(0.2, 0.8, size=(1, 2)) * args.size
         start = time.perf_counter()
         widget.points_layer.add(prompt_rows(widget.controller.target, frame, yx))
-        while widget.busy or widget._prompts_dirty:
+        while not widget.idle:
             app.processEvents()
             time.sleep(0.001)
         return time.perf_counter() - start

@@ -89,7 +89,7 @@ class Shooter:
         """Process events until the widget runs no job and has no prompt left to send; ``during()`` is called
         between events (e.g. to take a screenshot half-way)."""
         start = time.perf_counter()
-        while self.widget.busy or self.widget._prompts_dirty:
+        while not self.widget.idle:
             if time.perf_counter() - start > timeout:
                 raise TimeoutError(f"the widget was still busy after {timeout:.0f} s: {self.widget.status.text()}")
             self.app.processEvents()

@@ -11,7 +11,7 @@ WAIT_MS = 60_000
 
 def wait_idle(qtbot, widget: SAM2TrackingWidget) -> None:
     """Wait until the widget has no job running and no prompt left to send."""
-    qtbot.waitUntil(lambda: not widget.busy and not widget._prompts_dirty, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.idle, timeout=WAIT_MS)
 
 
 def open_widget(viewer, model, image: np.ndarray, rgb: bool | None = None, track_axis: int = 0, **layer_kwargs):

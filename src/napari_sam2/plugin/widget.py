@@ -433,6 +433,11 @@ class SAM2TrackingWidget(QWidget):
         """True while a model job (loading, a prompt, a propagation) runs."""
         return self._worker is not None
 
+    @property
+    def idle(self) -> bool:
+        """True when no job runs and every prompt given so far has been sent (scripts wait for this)."""
+        return self._worker is None and not self._prompts_dirty
+
     def current_frame(self) -> int:
         """The frame of the tracked axis the viewer shows now."""
         target = self.controller.target
