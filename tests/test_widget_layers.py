@@ -205,13 +205,18 @@ def zt_movie() -> np.ndarray:
     return np.stack([base * (0.4 + 0.2 * z) for z in range(4)], axis=1).astype(np.uint16)
 
 
-def test_4d_tracked_along_t_writes_only_the_current_z_plane(make_napari_viewer, model, qtbot):
+def dock_4d(make_napari_viewer, model, slider_axis, position, track_axis):
+    """A (T, Z, Y, X) movie with the slider of ``slider_axis`` at ``position``, tracked along ``track_axis``."""
     data = zt_movie()
     viewer = make_napari_viewer()
     layer = viewer.add_image(data)
-    viewer.dims.set_current_step(1, 2)  # the Z slider at z = 2
-    widget = dock(viewer, model, layer, track_axis=0)
-    target = widget.controller.target
+    viewer.dims.set_current_step(slider_axis, position)
+    widget = dock(viewer, model, layer, track_axis=track_axis)
+    return data, viewer, widget, widget.controller.target
+
+
+def test_4d_tracked_along_t_writes_only_the_current_z_plane(make_napari_viewer, model, qtbot):
+    data, _, widget, target = dock_4d(make_napari_viewer, model, 1, 2, track_axis=0)  # the Z slider at z = 2
     assert target.track_axis == 0 and target.fixed == {1: 2}
     assert widget.labels_layer.data.shape == data.shape
     np.testing.assert_array_equal(widget.controller.ensure_session().source.read(1), data[1, 2])
@@ -231,12 +236,7 @@ def test_4d_tracked_along_t_writes_only_the_current_z_plane(make_napari_viewer, 
 
 
 def test_4d_tracked_along_z_writes_only_the_current_t(make_napari_viewer, model, qtbot):
-    data = zt_movie()
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(data)
-    viewer.dims.set_current_step(0, 3)  # the T slider at t = 3
-    widget = dock(viewer, model, layer, track_axis=1)
-    target = widget.controller.target
+    data, viewer, widget, target = dock_4d(make_napari_viewer, model, 0, 3, track_axis=1)  # the T slider at t = 3
     assert target.track_axis == 1 and target.fixed == {0: 3} and target.num_frames == 4
     assert widget.current_frame() == viewer.dims.current_step[1]
 
@@ -302,12 +302,16 @@ def test_one_layer_of_a_channel_split_image_can_be_picked(make_napari_viewer, mo
 # ---------------------------------------------------------------------------------------------------- switching
 
 
-def test_switching_to_another_image_mid_session_keeps_the_old_output(make_napari_viewer, model, qtbot):
+def session_on_first_image(make_napari_viewer, model, qtbot):
+    """A viewer with image "first", the widget on it, a click on frame 1: (viewer, widget, output, its content)."""
     viewer = make_napari_viewer()
     widget, _ = open_widget(viewer, model, movie(), name="first")
     click_and_wait(qtbot, widget, 1)
-    old_output = widget.labels_layer
-    before = labels_of(widget)
+    return viewer, widget, widget.labels_layer, labels_of(widget)
+
+
+def test_switching_to_another_image_mid_session_keeps_the_old_output(make_napari_viewer, model, qtbot):
+    viewer, widget, old_output, before = session_on_first_image(make_napari_viewer, model, qtbot)
     assert before[1].any()
     other = cells_movie(T + 1, (72, 56))  # another movie, another shape: the old output does not fit it
     second = viewer.add_image(other, name="second")
@@ -327,11 +331,7 @@ def test_switching_to_another_image_mid_session_keeps_the_old_output(make_napari
 
 
 def test_switching_to_an_image_of_the_same_shape_keeps_what_was_written(make_napari_viewer, model, qtbot):
-    viewer = make_napari_viewer()
-    widget, _ = open_widget(viewer, model, movie(), name="first")
-    click_and_wait(qtbot, widget, 1)
-    output = widget.labels_layer
-    before = labels_of(widget)
+    viewer, widget, output, before = session_on_first_image(make_napari_viewer, model, qtbot)
     other = movie()[:, ::-1, :].copy()  # same shape, different content
     second = viewer.add_image(other, name="second")
 
@@ -376,6 +376,12 @@ def test_clicks_on_an_image_with_another_pixel_size_land_where_clicked(make_napa
 # ---------------------------------------------------------------------------------------------------- removing
 
 
+def assert_image_removal_reported(widget):
+    assert widget.controller.target is None
+    text = widget.status.text()
+    assert "image" in text.lower() and "removed" in text.lower(), text
+
+
 def test_removing_the_image_layer_mid_session(make_napari_viewer, model, qtbot):
     viewer = make_napari_viewer()
     widget, layer = open_widget(viewer, model, movie())
@@ -385,9 +391,8 @@ def test_removing_the_image_layer_mid_session(make_napari_viewer, model, qtbot):
 
     viewer.layers.remove(layer)
 
-    assert widget.controller.target is None and widget.image_layer is None
-    text = widget.status.text()
-    assert "image" in text.lower() and "removed" in text.lower(), text
+    assert_image_removal_reported(widget)
+    assert widget.image_layer is None
     np.testing.assert_array_equal(np.asarray(output.data), before)
     assert widget.propagate() is None  # refused with a message, no crash
     assert widget.status.text().startswith("Error")
@@ -410,9 +415,8 @@ def test_removing_the_image_layer_while_propagating(make_napari_viewer, model, q
     viewer.layers.remove(layer)
     wait_idle(qtbot, widget)
 
-    assert widget.controller.target is None and widget.labels_layer is None
-    text = widget.status.text()
-    assert "image" in text.lower() and "removed" in text.lower(), text
+    assert_image_removal_reported(widget)
+    assert widget.labels_layer is None
     assert output in viewer.layers and np.asarray(output.data)[0].any()  # what was written stays
     assert not output._block_history  # no undo group left open on the old output
 

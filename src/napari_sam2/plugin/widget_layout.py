@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
+    QWidget,
 )
 
 from ..weights import DEFAULT_MODEL, KNOWN_MODELS
@@ -28,100 +29,87 @@ FILE_ACTIONS = ("Save session", "Load session", "TIFF", "CTC", "Tracks layer")
 def build_controls(widget: Any) -> None:
     """Create every control as an attribute of ``widget`` (model_combo, image_combo, objects, progress, status, ...)
     and lay them out in group boxes; ``widget.file_buttons`` maps each of FILE_ACTIONS to its button."""
+    w = widget
+    w.model_combo = _combo(list(KNOWN_MODELS) + [CUSTOM_CHECKPOINT], DEFAULT_MODEL)
+    w.device_combo = _combo(available_devices())
+    w.load_button = QPushButton("Load model")
+    w.model_label = _text("no model loaded")
+
+    w.image_combo, w.axis_combo, w.labels_combo = QComboBox(), QComboBox(), QComboBox()
+    w.target_label = _text("")
+    w.restart_button = QPushButton("Restart session (current contrast / plane)")
+    w.restart_button.setToolTip("Take the image layer as it is now: its contrast limits (every prompt is "
+                                "recomputed), or the plane the viewer shows of a 4-D or multichannel image.")
+
+    w.objects = ObjectList()
+    w.new_object_button = QPushButton("New object")
+    w.remove_object_button = QPushButton("Remove object")
+    w.negative_check = QCheckBox("Negative clicks (T)")
+    w.mask_button = QPushButton("Use painted mask on this frame")
+    w.mask_button.setToolTip("Send what you painted for the selected object on the current frame as a mask prompt "
+                             "(Shift-M). Painted corrections are also picked up before propagating.")
+
+    w.direction_combo = _combo(list(DIRECTIONS))
+    w.first_spin, w.last_spin = QSpinBox(), QSpinBox()
+    w.follow_check = QCheckBox("Follow the frames")
+    w.follow_check.setChecked(True)
+    w.propagate_button = QPushButton("Propagate from this frame")
+    w.cancel_button = QPushButton("Cancel")
+    w.cancel_button.setEnabled(False)
+    w.progress = QProgressBar()
+    w.progress.setTextVisible(True)
+    w.progress.setRange(0, 1)
+    w.progress.setValue(0)
+
+    w.file_buttons = {text: QPushButton(text) for text in FILE_ACTIONS}
+    w.status = _text("Load a model, pick an image, then click on a cell.")
+
     layout = QVBoxLayout(widget)
-
-    model_box = QGroupBox("Model")
-    form = QFormLayout(model_box)
-    widget.model_combo = QComboBox()
-    widget.model_combo.addItems(list(KNOWN_MODELS) + [CUSTOM_CHECKPOINT])
-    widget.model_combo.setCurrentText(DEFAULT_MODEL)
-    widget.device_combo = QComboBox()
-    widget.device_combo.addItems(available_devices())
-    widget.load_button = QPushButton("Load model")
-    widget.model_label = QLabel("no model loaded")
-    widget.model_label.setWordWrap(True)
-    form.addRow("Model", widget.model_combo)
-    form.addRow("Device", widget.device_combo)
-    form.addRow(widget.load_button)
-    form.addRow(widget.model_label)
-    layout.addWidget(model_box)
-
-    data_box = QGroupBox("Data")
-    form = QFormLayout(data_box)
-    widget.image_combo = QComboBox()
-    widget.axis_combo = QComboBox()
-    widget.labels_combo = QComboBox()
-    widget.target_label = QLabel("")
-    widget.target_label.setWordWrap(True)
-    form.addRow("Image", widget.image_combo)
-    form.addRow("Track along", widget.axis_combo)
-    form.addRow("Output", widget.labels_combo)
-    widget.restart_button = QPushButton("Restart session (current contrast / plane)")
-    widget.restart_button.setToolTip("Take the image layer as it is now: its contrast limits (every prompt is "
-                                     "recomputed), or the plane the viewer shows of a 4-D or multichannel image.")
-    form.addRow(widget.target_label)
-    form.addRow(widget.restart_button)
-    layout.addWidget(data_box)
-
-    obj_box = QGroupBox("Objects and prompts")
-    box_layout = QVBoxLayout(obj_box)
-    widget.objects = ObjectList()
-    row = QHBoxLayout()
-    widget.new_object_button = QPushButton("New object")
-    widget.remove_object_button = QPushButton("Remove object")
-    row.addWidget(widget.new_object_button)
-    row.addWidget(widget.remove_object_button)
-    widget.negative_check = QCheckBox("Negative clicks (T)")
-    widget.mask_button = QPushButton("Use painted mask on this frame")
-    widget.mask_button.setToolTip("Send what you painted for the selected object on the current frame as a "
-                                  "mask prompt (Shift-M). Painted corrections are also picked up before propagating.")
-    box_layout.addWidget(widget.objects)
-    box_layout.addLayout(row)
-    box_layout.addWidget(widget.negative_check)
-    box_layout.addWidget(widget.mask_button)
-    layout.addWidget(obj_box)
-
-    run_box = QGroupBox("Propagate")
-    form = QFormLayout(run_box)
-    widget.direction_combo = QComboBox()
-    widget.direction_combo.addItems(DIRECTIONS)
-    widget.first_spin = QSpinBox()
-    widget.last_spin = QSpinBox()
-    range_row = QHBoxLayout()
-    range_row.addWidget(widget.first_spin)
-    range_row.addWidget(QLabel("to"))
-    range_row.addWidget(widget.last_spin)
-    widget.follow_check = QCheckBox("Follow the frames")
-    widget.follow_check.setChecked(True)
-    widget.propagate_button = QPushButton("Propagate from this frame")
-    widget.cancel_button = QPushButton("Cancel")
-    widget.cancel_button.setEnabled(False)
-    widget.progress = QProgressBar()
-    widget.progress.setTextVisible(True)
-    widget.progress.setRange(0, 1)
-    widget.progress.setValue(0)
-    form.addRow("Direction", widget.direction_combo)
-    form.addRow("Frames", range_row)
-    form.addRow(widget.follow_check)
-    buttons = QHBoxLayout()
-    buttons.addWidget(widget.propagate_button)
-    buttons.addWidget(widget.cancel_button)
-    form.addRow(buttons)
-    form.addRow(widget.progress)
-    layout.addWidget(run_box)
-
-    file_box = QGroupBox("Session and export")
-    grid = QHBoxLayout(file_box)
-    widget.file_buttons = {}
-    for text in FILE_ACTIONS:
-        widget.file_buttons[text] = QPushButton(text)
-        grid.addWidget(widget.file_buttons[text])
-    layout.addWidget(file_box)
-
-    widget.status = QLabel("Load a model, pick an image, then click on a cell.")
-    widget.status.setWordWrap(True)
-    layout.addWidget(widget.status)
+    for title, rows in (
+        ("Model", [("Model", w.model_combo), ("Device", w.device_combo), w.load_button, w.model_label]),
+        ("Data", [("Image", w.image_combo), ("Track along", w.axis_combo), ("Output", w.labels_combo),
+                  w.target_label, w.restart_button]),
+        ("Objects and prompts", [w.objects, _row(w.new_object_button, w.remove_object_button), w.negative_check,
+                                 w.mask_button]),
+        ("Propagate", [("Direction", w.direction_combo), ("Frames", _row(w.first_spin, QLabel("to"), w.last_spin)),
+                       w.follow_check, _row(w.propagate_button, w.cancel_button), w.progress]),
+        ("Session and export", [_row(*w.file_buttons.values())]),
+    ):
+        box = QGroupBox(title)
+        form = QFormLayout(box)
+        for row in rows:
+            if isinstance(row, tuple):
+                form.addRow(*row)  # (label, control)
+            else:
+                form.addRow(row)
+        layout.addWidget(box)
+    layout.addWidget(w.status)
     layout.addStretch(1)
+
+
+def _combo(items: list[str], current: str | None = None) -> QComboBox:
+    combo = QComboBox()
+    combo.addItems(items)
+    if current is not None:
+        combo.setCurrentText(current)
+    return combo
+
+
+def _text(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+def _row(*widgets: Any) -> QWidget:
+    """Widgets side by side in one form row."""
+    row = QWidget()
+    box = QHBoxLayout(row)
+    box.setContentsMargins(0, 0, 0, 0)
+    for item in widgets:
+        box.addWidget(item)
+    return row
+
 
 def available_devices() -> list[str]:
     """Device choices: auto (CUDA, then MPS, then CPU), cpu, and cuda / mps where present."""
