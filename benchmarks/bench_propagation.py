@@ -1,0 +1,117 @@
+"""Propagation time per frame and click latency, ours / reference, side by side in one process (CPU, fp32).
+
+    python benchmarks/bench_propagation.py [--configs sam2.1_hiera_t sam2.1_hiera_b+] [--objects 1 4 16]
+                                           [--frames 6] [--size 1024]
+
+Both implementations are built from the same random state dict (tests/reference_support.py; random weights run
+exactly as fast as the official ones), see the same decoded frames (the reference reads its JPEG folder, we read the
+arrays decoded from those files) and get the same clicks, one per object on frame 0 at (row, col) points spread over
+the frame. Per frame: the median wall time of the propagation steps after the prompted frame. Latency: a click on
+the prompted (cached) frame, and a first click on a frame not seen yet (it is encoded). The largest logit difference
+between the two is printed as a check that both computed the same thing. Needs the test extra and sam2==1.1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # shared with the parity tests
+
+from video_scenarios import Pair, synthetic_movie  # noqa: E402
+
+
+def timed_steps(steps) -> tuple[list[float], list]:
+    """Wall time of each item of an iterator, and the items."""
+    times, items = [], []
+    start = time.perf_counter()
+    for item in steps:
+        now = time.perf_counter()
+        times.append(now - start)
+        items.append(item)
+        start = now
+    return times, items
+
+
+def click_points(n_objects: int, size: int) -> list[tuple[float, float]]:
+    """One (row, col) click per object on a grid over the frame."""
+    side = int(np.ceil(np.sqrt(n_objects)))
+    cells = [((i + 0.5) / side * size, (j + 0.5) / side * size) for i in range(side) for j in range(side)]
+    return cells[:n_objects]
+
+
+def measure(config: str, n_objects: int, frames: int, size: int, workdir: Path) -> dict[str, float]:
+    movie = synthetic_movie(frames, size)
+    pair = Pair(config, size, movie, workdir, seed=0)
+    ours, ref = pair.ours, pair.reference
+    for obj_id, (row, col) in enumerate(click_points(n_objects, size), start=1):
+        pair.points(0, obj_id, [(row, col)], [1])
+
+    with torch.inference_mode():
+        ours_steps, ours_out = timed_steps(ours.propagate(0, "forward"))
+        ref_steps, ref_out = timed_steps(ref.propagate_in_video(pair.state, start_frame_idx=0))
+        for mine, theirs in zip(ours_out, ref_out, strict=True):
+            pair._compare(mine, theirs)  # the same logits on every frame, or the timing compares different work
+        # Latency of one more click on the prompted, cached frame 0 ...
+        start = time.perf_counter()
+        ours.add_points(0, 1, [(size / 3, size / 3)], [1], clear_old_points=False)
+        ours_cached = time.perf_counter() - start
+        start = time.perf_counter()
+        ref.add_new_points_or_box(pair.state, 0, 1, points=np.array([[size / 3, size / 3]], np.float32),
+                                  labels=np.array([1], np.int32), clear_old_points=False)
+        ref_cached = time.perf_counter() - start
+    # ... and of a first click on a frame whose features are not cached (the reference caches only the last frame
+    # it encoded; both encode the frame here).
+    new_frame = frames - 1
+    ours.features.clear()
+    ref.clear_all_prompts_in_frame(pair.state, new_frame, 1)
+    pair.state["cached_features"] = {}
+    start = time.perf_counter()
+    ours.add_points(new_frame, 1, [(size / 2, size / 2)], [1])
+    ours_new = time.perf_counter() - start
+    start = time.perf_counter()
+    ref.add_new_points_or_box(pair.state, new_frame, 1, points=np.array([[size / 2, size / 2]], np.float32),
+                              labels=np.array([1], np.int32))
+    ref_new = time.perf_counter() - start
+    return {
+        "ours_frame": statistics.median(ours_steps[1:]),
+        "ref_frame": statistics.median(ref_steps[1:]),
+        "ours_cached_click": ours_cached,
+        "ref_cached_click": ref_cached,
+        "ours_new_click": ours_new,
+        "ref_new_click": ref_new,
+        "max_logit_diff": pair.max_diff,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["sam2.1_hiera_t", "sam2.1_hiera_b+"])
+    parser.add_argument("--objects", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--frames", type=int, default=6, help="frames per movie (the first is prompted)")
+    parser.add_argument("--size", type=int, default=1024, help="frame size = model input size (no resizing)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, fp32, frames {args.size}x{args.size}, "
+          f"{args.frames} frames per movie")
+    header = ("config", "objects", "ours s/frame", "ref s/frame", "ref/ours", "cached click ours/ref ms",
+              "new-frame click ours/ref s", "max |diff|")
+    print(" | ".join(header))
+    for config in args.configs:
+        for n_objects in args.objects:
+            with tempfile.TemporaryDirectory() as tmp:
+                r = measure(config, n_objects, args.frames, args.size, Path(tmp))
+            print(f"{config} | {n_objects} | {r['ours_frame']:.2f} | {r['ref_frame']:.2f} | "
+                  f"{r['ref_frame'] / r['ours_frame']:.2f} | "
+                  f"{r['ours_cached_click'] * 1e3:.0f} / {r['ref_cached_click'] * 1e3:.0f} | "
+                  f"{r['ours_new_click']:.2f} / {r['ref_new_click']:.2f} | {r['max_logit_diff']:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
