@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # shared with the parity tests
 
-from video_scenarios import Pair, synthetic_movie  # noqa: E402
+from video_scenarios import Pair, synthetic_movie
 
 
 def timed_steps(steps) -> tuple[list[float], list]:
