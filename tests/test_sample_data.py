@@ -204,5 +204,5 @@ def test_sample_menu_does_not_import_torch_and_every_export_resolves():
     code = ("import sys, napari_sam2, napari_sam2.sample_data as s; s.sample_z_stack(); "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert all(getattr(napari_sam2, name) is not None for name in napari_sam2.__all__)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -5,13 +5,19 @@ from __future__ import annotations
 import torch
 
 
+def accelerators() -> list[str]:
+    """The accelerator device types present, in order of preference: "cuda", then "mps"."""
+    present = []
+    if torch.cuda.is_available():
+        present.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        present.append("mps")
+    return present
+
+
 def pick_device(device: torch.device | str | None = None) -> torch.device:
     """``device`` as a torch.device; ``None`` picks CUDA, then Apple MPS, then the CPU."""
     if device is not None:
         return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device((accelerators() or ["cpu"])[0])

@@ -104,6 +104,15 @@ class TrackingController:
         if self.session is None:
             return []
         self.session = self._replayed(self.session)
+        return self._prompted_frame_writes()
+
+    def load_session(self, path: Any) -> list[FrameWrite]:
+        """Replace the session by a saved one (on the target's frames, with the intensities saved in the file); the
+        prompted frames' results. Worker thread."""
+        self.session = TrackingSession.load(path, self.target.frames, self.model)
+        return self._prompted_frame_writes()
+
+    def _prompted_frame_writes(self) -> list[FrameWrite]:
         return [self._object_write(frame, obj_id) for obj_id in self.session.obj_ids
                 for frame in self.session.prompted_frames(obj_id)]
 
@@ -152,7 +161,10 @@ class TrackingController:
         frame, obj_id = key
         session = self.ensure_session()
         # Recorded first: a prompt the session refuses (e.g. a click outside the image) is reported once, not retried.
-        self._sent[key] = prompts
+        if prompts.empty:
+            self._sent.pop(key, None)
+        else:
+            self._sent[key] = prompts
         if prompts.empty:
             if obj_id in session.obj_ids and frame in session.prompted_frames(obj_id):
                 session.clear_prompts(frame, obj_id)
@@ -160,8 +172,6 @@ class TrackingController:
             session.add_box(frame, obj_id, prompts.box, prompts.points, prompts.labels)
         else:
             session.add_points(frame, obj_id, prompts.points, prompts.labels)
-        if prompts.empty:
-            self._sent.pop(key, None)
         return self._object_write(frame, obj_id)
 
     def compute_masks(self, corrections: list[Correction]) -> list[FrameWrite]:
@@ -177,25 +187,14 @@ class TrackingController:
         for obj_id in session.obj_ids:  # objects whose prompts were all removed cannot be tracked
             if not session.prompted_frames(obj_id):
                 session.remove_object(obj_id)
-        runs = []
-        if direction in ("forward", "both") and last >= start:
-            runs.append((start, "forward", last - start))
-        if direction == "backward" and first <= start:
-            runs.append((start, "backward", start - first))
-        if direction == "both" and first < start:
-            # Backward from ``start`` again (a conditioning frame is not recomputed): a backward run from
-            # start - 1 = 0 would cover nothing, as in the reference.
-            runs.append((start, "backward", start - first))
-        for run_start, run_direction, span in runs:
+        for run_start, run_direction, span in _runs(start, direction, first, last):
             for frame, obj_ids, logits in session.propagate(run_start, run_direction, span):
                 labels = labels_from_logits(obj_ids, logits, dtype=self._label_dtype())
                 yield FrameWrite(frame, tuple(obj_ids), labels)
 
     def frames_in_run(self, start: int, direction: str, first: int, last: int) -> int:
         """How many frames :meth:`propagation` visits (for the progress bar)."""
-        forward = last - start + 1 if direction in ("forward", "both") and last >= start else 0
-        backward = start - first + 1 if direction == "backward" or (direction == "both" and first < start) else 0
-        return forward + max(backward, 0)
+        return sum(span + 1 for _, _, span in _runs(start, direction, first, last))
 
     def _object_write(self, frame: int, obj_id: int) -> FrameWrite:
         obj_ids, logits = self.session.frame_logits(frame)
@@ -232,3 +231,17 @@ class TrackingController:
     def mark_prompts_sent(self, prompts: dict[PromptKey, FramePrompts]) -> None:
         """Record ``prompts`` as already given to the session (after a session file was loaded)."""
         self._sent = dict(prompts)
+
+
+def _runs(start: int, direction: str, first: int, last: int) -> list[tuple[int, str, int]]:
+    """The engine runs of a propagation over ``first..last``: (start, direction, frames past the start)."""
+    runs = []
+    if direction in ("forward", "both") and last >= start:
+        runs.append((start, "forward", last - start))
+    if direction == "backward" and first <= start:
+        runs.append((start, "backward", start - first))
+    if direction == "both" and first < start:
+        # Backward from ``start`` again (a conditioning frame is not recomputed): a backward run from
+        # start - 1 = 0 would cover nothing, as in the reference.
+        runs.append((start, "backward", start - first))
+    return runs

@@ -151,9 +151,8 @@ def remove_object_prompts(layer: Any, obj_id: int) -> None:
     keep = np.asarray(layer.features["obj_id"]) != obj_id
     if keep.all():
         return
-    if hasattr(layer, "remove_selected"):
-        layer.selected_data = set(np.flatnonzero(~keep).tolist())
-        layer.remove_selected()
+    layer.selected_data = set(np.flatnonzero(~keep).tolist())
+    layer.remove_selected()
 
 
 def add_session_prompts(session: Any, target: TrackTarget, points_layer: Any, shapes_layer: Any) -> None:

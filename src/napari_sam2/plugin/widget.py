@@ -150,15 +150,8 @@ class SAM2TrackingWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
 
     def _refresh_layer_choices(self, event: Any = None) -> None:
-        images = self._layers_of(Image)
         current = self.image_layer
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        for layer in images:
-            self.image_combo.addItem(layer.name, layer)
-        if current in images:
-            self.image_combo.setCurrentIndex(images.index(current))
-        self.image_combo.blockSignals(False)
+        _refill(self.image_combo, [(layer.name, layer) for layer in self._layers_of(Image)], current)
         if self.image_layer is not current:
             self._on_image_changed()
         else:
@@ -167,16 +160,9 @@ class SAM2TrackingWidget(QWidget):
     def _refresh_labels_choices(self, keep: Labels | None = None) -> None:
         target = self.controller.target
         current = keep or self.labels_layer
-        fitting = [layer for layer in self._layers_of(Labels)
+        fitting = [(layer.name, layer) for layer in self._layers_of(Labels)
                    if target is not None and tuple(layer.data.shape) == target.labels_shape]
-        self.labels_combo.blockSignals(True)
-        self.labels_combo.clear()
-        self.labels_combo.addItem(NEW_LABELS, None)
-        for layer in fitting:
-            self.labels_combo.addItem(layer.name, layer)
-        if current in fitting:
-            self.labels_combo.setCurrentIndex(fitting.index(current) + 1)
-        self.labels_combo.blockSignals(False)
+        _refill(self.labels_combo, [(NEW_LABELS, None), *fitting], current)
         if self.labels_layer is not current:
             self._on_labels_changed()
 
@@ -284,8 +270,7 @@ class SAM2TrackingWidget(QWidget):
         if isinstance(layer.data, np.ndarray):
             for obj_id in np.unique(layer.data)[1:].tolist():
                 self.objects.add_id(int(obj_id), select=False)
-        for key, (method, _) in SHORTCUTS.items():
-            layer.bind_key(key, self._shortcut(method), overwrite=True)
+        self._bind_shortcuts(layer)
         if not self.objects.ids:
             self.new_object()
         else:
@@ -323,8 +308,7 @@ class SAM2TrackingWidget(QWidget):
         if layer not in self.viewer.layers:
             self.viewer.add_layer(layer)
         layer.events.data.connect(self._on_prompts_edited)
-        for key, (method, _) in SHORTCUTS.items():
-            layer.bind_key(key, self._shortcut(method), overwrite=True)
+        self._bind_shortcuts(layer)
         return layer
 
     def _drop_prompt_layers(self) -> None:
@@ -381,6 +365,11 @@ class SAM2TrackingWidget(QWidget):
         self._refresh_layer_choices()
         if target is not None and removed is target.layer:
             self._say("The image layer was removed; its session ended. Pick another image to go on.")
+
+    def _bind_shortcuts(self, layer: Any) -> None:
+        """Bind every key of SHORTCUTS on ``layer`` to its widget method."""
+        for key, (method, _) in SHORTCUTS.items():
+            layer.bind_key(key, self._shortcut(method), overwrite=True)
 
     def _shortcut(self, method: str) -> Callable[[Any], None]:
         def run(_layer: Any) -> None:
@@ -665,24 +654,15 @@ class SAM2TrackingWidget(QWidget):
 
     def load_session(self, path: str | Path) -> Any:
         """Re-create a saved session on the current image (same shape) and write its prompted frames."""
-        from ..engine.session import TrackingSession
-
         controller = self.controller
         if controller.model is None or controller.target is None or self.labels_layer is None:
             raise RuntimeError("load a model and pick the image (and output layer) before loading a session")
-        frames, model = controller.target.frames, controller.model
         generation = self._generation
 
-        def job() -> tuple[Any, list[FrameWrite]]:
-            session = TrackingSession.load(path, frames, model)  # with the intensities saved in the file
-            controller.session = session
-            return session, [controller._object_write(frame, obj_id) for obj_id in session.obj_ids
-                             for frame in session.prompted_frames(obj_id)]
-
-        def done(result: tuple[Any, list[FrameWrite]]) -> None:
+        def done(writes: list[FrameWrite]) -> None:
             if generation != self._generation:
                 return
-            session, writes = result
+            session = controller.session
             for write in writes:
                 self._write(write)
             for obj_id in session.obj_ids:
@@ -698,7 +678,7 @@ class SAM2TrackingWidget(QWidget):
             self._say(f"Session loaded: objects {session.obj_ids}, intensities {low:g}..{high:g} as saved. "
                       "Propagate to track them.")
 
-        return self._start(job, on_return=done, busy=True)
+        return self._start(controller.load_session, path, on_return=done, busy=True)
 
     def _label_stack(self) -> Any:
         writer = self.controller.writer
@@ -760,6 +740,18 @@ class SAM2TrackingWidget(QWidget):
         self._abort_worker()
         self.controller.set_labels_layer(None)
         super().closeEvent(event)
+
+
+def _refill(combo: Any, entries: list[tuple[str, Any]], current: Any) -> None:
+    """Replace a combo box's (text, data) entries without emitting signals; ``current`` stays selected if listed."""
+    combo.blockSignals(True)
+    combo.clear()
+    for text, data in entries:
+        combo.addItem(text, data)
+    datas = [data for _, data in entries]
+    if current is not None and current in datas:
+        combo.setCurrentIndex(datas.index(current))
+    combo.blockSignals(False)
 
 
 def _describe_corrections(corrections: list[Correction]) -> str:

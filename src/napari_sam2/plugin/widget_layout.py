@@ -113,12 +113,6 @@ def _row(*widgets: Any) -> QWidget:
 
 def available_devices() -> list[str]:
     """Device choices: auto (CUDA, then MPS, then CPU), cpu, and cuda / mps where present."""
-    import torch
+    from ..device import accelerators  # imports torch: only when the widget is built
 
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
+    return ["auto", "cpu", *accelerators()]
