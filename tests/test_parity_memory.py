@@ -6,7 +6,7 @@ import pytest
 import torch
 from reference_support import max_abs_diff, reference_with_random_weights
 
-from napari_sam2.model.memory_attention import MemoryAttention
+from napari_sam2.model.memory_attention import MemoryAttention, RoPEAttention
 from napari_sam2.model.memory_encoder import MemoryEncoder
 
 CONFIG = "sam2.1_hiera_t"
@@ -140,3 +140,36 @@ def test_rope_pointer_tokens_are_not_rotated():
     a = model(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=n_ptr)
     b = model(curr, memory[perm], curr_pos, memory_pos[perm], num_obj_ptr_tokens=n_ptr)
     assert max_abs_diff(a, b) <= 1e-5
+
+
+@torch.no_grad()
+def test_cpu_value_folding_matches_plain_attention(monkeypatch):
+    """The CPU path (weight the 64-channel memory, then project) equals attention over projected values."""
+    torch.manual_seed(0)
+    model = MemoryAttention().eval()
+    gen = torch.Generator().manual_seed(11)
+    curr, curr_pos, memory, memory_pos, n_ptr = memory_inputs(16, 2, 3, 4, gen)
+    assert model.layers[0].cross_attn_image._folds_values(curr, memory)  # the CPU default
+    folded = model(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=n_ptr)
+    monkeypatch.setattr(RoPEAttention, "_folds_values", lambda self, q, v: False)
+    plain = model(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=n_ptr)
+    assert max_abs_diff(folded, plain) <= 1e-5
+    assert max_abs_diff(folded[:, 0], folded[:, 1]) > 1e-2  # two different objects: a real comparison
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["cpu-folded", "sdpa"])
+@torch.no_grad()
+def test_one_frame_shared_by_a_batch_of_objects(monkeypatch, fold):
+    """curr with batch 1 against a memory of batch 3 equals curr repeated 3 times."""
+    monkeypatch.setattr(RoPEAttention, "_folds_values", lambda self, q, v: fold and v.shape[-1] < self.head_dim)
+    torch.manual_seed(0)
+    model = MemoryAttention().eval()
+    gen = torch.Generator().manual_seed(5)
+    curr, curr_pos, memory, memory_pos, n_ptr = memory_inputs(16, 3, 2, 2, gen)
+    shared = model(curr[:, :1], memory, curr_pos[:, :1], memory_pos, num_obj_ptr_tokens=n_ptr)
+    repeated = model(curr[:, :1].expand(-1, 3, -1), memory, curr_pos[:, :1].expand(-1, 3, -1), memory_pos,
+                     num_obj_ptr_tokens=n_ptr)
+    assert shared.shape == repeated.shape == (256, 3, 256)
+    assert max_abs_diff(shared, repeated) <= 1e-5
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        model(curr[:, :2], memory, curr_pos[:, :2], memory_pos, num_obj_ptr_tokens=n_ptr)

@@ -69,14 +69,21 @@ class TrackingSession:
         Where per-object results and memories are kept between frames (default CPU).
     feature_cache_size : int
         Number of frames whose image features are kept.
+    object_batch_size : int
+        How many objects go through memory attention, the mask decoder and the memory encoder in one
+        batched pass while propagating (bounds the working memory with many objects; the results do
+        not depend on it).
     """
 
     def __init__(self, model: SAM2Model, frames: Any, *, contrast_limits: tuple[float, float] | None = None,
                  rgb: bool | None = None, channel: int | None = None, fill_hole_area: int = 8,
                  device: torch.device | str | None = None, storage_device: torch.device | str = "cpu",
-                 feature_cache_size: int = 4) -> None:
+                 feature_cache_size: int = 4, object_batch_size: int = 16) -> None:
         if not isinstance(model, SAM2Model):
             raise TypeError(f"model must be a SAM2Model from napari_sam2.build_model, got {type(model).__name__}")
+        if isinstance(object_batch_size, bool) or not isinstance(object_batch_size, (int, np.integer)) \
+                or object_batch_size < 1:
+            raise ValueError(f"object_batch_size must be an integer >= 1, got {object_batch_size!r}")
         if fill_hole_area < 0:
             raise ValueError(f"fill_hole_area must be >= 0, got {fill_hole_area}")
         self.source = FrameSource(frames, contrast_limits=contrast_limits, rgb=rgb, channel=channel)
@@ -84,6 +91,7 @@ class TrackingSession:
         self.model = model.eval().to(self.device)
         self.storage_device = torch.device(storage_device)
         self.fill_hole_area = int(fill_hole_area)
+        self.object_batch_size = int(object_batch_size)
         self.image_size = model.image_size
         self.features = FeatureCache(self._encode_frame, capacity=feature_cache_size)
         self._objects: dict[int, TrackedObject] = {}
@@ -368,24 +376,59 @@ class TrackingSession:
 
     def _track_frame(self, frame: int, reverse: bool, pass_start: int) -> FrameOutput:
         features = self.features.get(frame)
+        to_track = [obj for obj in self._objects.values() if frame not in obj.cond]
+        for obj, result in zip(to_track, self._track_objects(to_track, frame, features, reverse), strict=True):
+            obj.tracked[frame] = result
+            obj.resident_memories.add(frame)
+            self._drop_old_memories(obj, keep_near=(frame, pass_start))
         results = []
         for obj in self._objects.values():
-            result = obj.cond.get(frame)
-            if result is None:
-                result = self._track_object(obj, frame, features, reverse)
-                obj.tracked[frame] = result
-                obj.resident_memories.add(frame)
-                self._drop_old_memories(obj, keep_near=(frame, pass_start))
             obj.direction[frame] = reverse
-            results.append(result)
+            results.append(obj.cond[frame] if frame in obj.cond else obj.tracked[frame])
         return frame, self.obj_ids, self._video_logits(results)
 
-    def _track_object(self, obj: TrackedObject, frame: int, features: ImageFeatures, reverse: bool) -> FrameResult:
-        conditioned = self._condition(obj, frame, features, reverse)
+    def _track_objects(self, objects: list[TrackedObject], frame: int, features: ImageFeatures,
+                       reverse: bool) -> list[FrameResult]:
+        """Track several objects on one frame, batching those whose memories have the same layout.
+
+        Objects prompted on the same frames share a layout (which memory slots are filled, how far away
+        their object pointers are), so usually all objects of a frame go through memory attention, the
+        mask decoder and the memory encoder together, ``object_batch_size`` at a time.
+        """
+        groups: dict[tuple, list[tuple[int, list[MemoryItem], list[tuple[int, torch.Tensor]]]]] = {}
+        for index, obj in enumerate(objects):
+            memories, pointers = self._memory_layout(obj, frame, reverse)
+            key = (tuple(m.t_pos for m in memories), tuple(d for d, _ in pointers))
+            groups.setdefault(key, []).append((index, memories, pointers))
+        results: list[FrameResult | None] = [None] * len(objects)
+        for members in groups.values():
+            for start in range(0, len(members), self.object_batch_size):
+                batch = members[start:start + self.object_batch_size]
+                for (index, _, _), result in zip(batch, self._track_batch(batch, features), strict=True):
+                    results[index] = result
+        return results
+
+    def _track_batch(self, batch: list[tuple[int, list[MemoryItem], list[tuple[int, torch.Tensor]]]],
+                     features: ImageFeatures) -> list[FrameResult]:
+        """One batched pass for objects with the same memory layout (entries of :meth:`_track_objects`)."""
+        _, first_memories, first_pointers = batch[0]
+        memories = [MemoryItem(torch.cat([entry[1][i].features for entry in batch]), item.t_pos)
+                    for i, item in enumerate(first_memories)]
+        pointers = [(distance, torch.cat([entry[2][i][1] for entry in batch]))
+                    for i, (distance, _) in enumerate(first_pointers)]
+        conditioned = self.model.condition_on_memory(features, memories, pointers, self.num_frames)
+        conditioned = conditioned.expand(len(batch), -1, -1, -1)  # no memories: one no-memory frame for all
         heads = self.model.predict_masks(conditioned, features.high_res, multimask=True)
-        result = self._result(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=False)
-        result.maskmem = self._encode_memory(features, heads.high_res_masks, heads.object_score, binarize=False)
-        return result
+        maskmem = self._encode_memory(features, heads.high_res_masks, heads.object_score, binarize=False)
+        results = []
+        for i in range(len(batch)):
+            # Copies, so that each object's result owns its memory (and can be dropped on its own).
+            rows = slice(i, i + 1)
+            result = self._result(heads.low_res_masks[rows].clone(), heads.obj_ptr[rows].clone(),
+                                  heads.object_score[rows].clone(), from_prompt=False)
+            result.maskmem = maskmem[rows].clone()
+            results.append(result)
+        return results
 
     # ------------------------------------------------------------------ internals
     def _encode_frame(self, frame: int) -> ImageFeatures:
@@ -435,12 +478,18 @@ class TrackingSession:
         """Features of ``frame`` fused with this object's memories (or the no-memory embedding)."""
         if initial:
             return self.model.condition_on_memory(features, [], [], self.num_frames)
+        memories, pointers = self._memory_layout(obj, frame, reverse)
+        return self.model.condition_on_memory(features, memories, pointers, self.num_frames)
+
+    def _memory_layout(self, obj: TrackedObject, frame: int,
+                       reverse: bool) -> tuple[list[MemoryItem], list[tuple[int, torch.Tensor]]]:
+        """The spatial memories and (distance, pointer) pairs that memory attention reads for ``obj`` on ``frame``."""
         memories = [MemoryItem(self._memory_of(obj, t, t_pos == 0), t_pos)
                     for t_pos, t in memory_frames(frame, obj.cond, obj.tracked, reverse)]
         pointers = [(distance, (obj.cond if is_cond else obj.tracked)[t].obj_ptr.to(self.device))
                     for distance, t, is_cond in pointer_frames(frame, obj.cond, obj.tracked, reverse,
                                                                self.num_frames)]
-        return self.model.condition_on_memory(features, memories, pointers, self.num_frames)
+        return memories, pointers
 
     def _memory_of(self, obj: TrackedObject, frame: int, is_cond: bool) -> torch.Tensor:
         """Spatial memory of a remembered frame, re-encoded (exactly) if it was dropped."""

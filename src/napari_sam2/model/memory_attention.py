@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from .rope import axial_rope_table, rotate_pairs
 from .two_way_transformer import Attention
 
+_QUERY_CHUNK = 256  # query rows per score block in the CPU attention path (fastest of 128..1024 measured)
+
 
 class RoPEAttention(Attention):
     """Multi-head attention with 2-D axial RoPE on queries and keys.
@@ -77,10 +79,46 @@ class RoPEAttention(Attention):
         return q, k_rope
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0) -> Tensor:
-        """Attend batch-first queries (B, Nq, C) to keys/values (B, Nk, kv_in_dim); returns (B, Nq, C)."""
+        """Attend batch-first queries (B, Nq, C) to keys/values (B, Nk, kv_in_dim); returns (B, Nq, C).
+
+        Queries with batch 1 are shared by every batch entry of the keys (one frame, several objects).
+        """
         q, k = self._apply_rope(self._split(self.q_proj(q)), self._split(self.k_proj(k)), num_k_exclude_rope)
-        out = F.scaled_dot_product_attention(q, k, self._split(self.v_proj(v)))
-        return self._merge(out)
+        if self._folds_values(q, v):
+            return self._merge(self._attend_then_project_values(q, k, v))
+        values = self._split(self.v_proj(v))
+        if q.shape[0] != values.shape[0]:
+            q = q.expand(values.shape[0], -1, -1, -1)
+        return self._merge(F.scaled_dot_product_attention(q, k, values))
+
+    def _folds_values(self, q: Tensor, v: Tensor) -> bool:
+        """Whether to weight the narrow value inputs before projecting them (see
+        :meth:`_attend_then_project_values`): on the CPU, when the projection widens the values."""
+        return q.device.type == "cpu" and v.shape[-1] < self.head_dim
+
+    def _attend_then_project_values(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention with the value projection moved behind the weighting: softmax(QK^T) (V W^T + b)
+        equals (softmax(QK^T) V) W^T + b because each row of attention weights sums to 1.
+
+        Written by hand because it is the tracker's hot spot on the CPU: memory values have 64 channels
+        against 256 per head, so weighting them first does a quarter of the work for the value half of the
+        attention (about 1.3x faster cross-attention on two cores). Queries are processed in chunks, so the
+        score matrix never exceeds ``_QUERY_CHUNK`` rows per object. Returns (B, heads, Nq, head_dim).
+        """
+        q = q * self.head_dim ** -0.5
+        keys_t = k.transpose(-1, -2)
+        values = v.unsqueeze(1)  # (B, 1, Nk, kv_in_dim): shared by the heads
+        batch, num_q = max(q.shape[0], k.shape[0]), q.shape[2]
+        weighted = q.new_empty(batch, self.num_heads, num_q, v.shape[-1])
+        for b in range(batch):
+            qb = q[b if q.shape[0] > 1 else 0]
+            for start in range(0, num_q, _QUERY_CHUNK):
+                scores = qb[:, start:start + _QUERY_CHUNK] @ keys_t[b]
+                torch.matmul(torch.softmax(scores, dim=-1), values[b],
+                             out=weighted[b, :, start:start + _QUERY_CHUNK])
+        weight = self.v_proj.weight.view(self.num_heads, self.head_dim, -1)
+        bias = self.v_proj.bias.view(self.num_heads, 1, self.head_dim)
+        return weighted @ weight.transpose(-1, -2) + bias
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -138,6 +176,8 @@ class MemoryAttention(nn.Module):
 
         Args:
             curr: (HW, B, d_model) current-frame tokens, sequence-first (a one-element list is accepted).
+                With batch 1 and a memory of batch B, the frame is shared by B objects: the first layer's
+                self-attention, which sees only the frame, then runs once instead of B times.
             memory: (M, B, 64) memory tokens, sequence-first: spatial memories, then pointer tokens.
             curr_pos: (HW, B, d_model) position encoding of ``curr``; 0.1 x it is added at the input.
             memory_pos: (M, B, 64) position encoding of the memory, added to the cross-attention keys.
@@ -150,8 +190,9 @@ class MemoryAttention(nn.Module):
             (curr,) = curr
         if isinstance(curr_pos, (list, tuple)):
             (curr_pos,) = curr_pos
-        if curr.shape[1] != memory.shape[1]:
-            raise ValueError(f"batch sizes differ: curr {curr.shape[1]} vs memory {memory.shape[1]}")
+        if curr.shape[1] not in (1, memory.shape[1]):
+            raise ValueError(f"batch sizes differ: curr {curr.shape[1]} vs memory {memory.shape[1]} "
+                             "(curr may also have batch 1: one frame shared by several objects)")
 
         x = curr if curr_pos is None else curr + 0.1 * curr_pos
         # Memories may be stored at lower precision (bf16); compute in the features' dtype.

@@ -209,13 +209,15 @@ class SAM2Model(nn.Module):
         """Fuse the current frame's features with remembered frames and object pointers.
 
         With no memories (an initial conditioning frame) the learned no-memory embedding is added
-        instead. ``pointers`` holds (temporal distance, (B, 256) pointer) pairs.
-        Returns (B, 256, h, w).
+        instead. ``memories`` and ``pointers`` (temporal distance, (B, 256) pointer) hold B objects
+        that share one frame and one memory layout: the frame's features (batch 1) are conditioned on
+        each object's memories in one batched pass. Returns (B, 256, h, w).
         """
         feat = image.feat
-        batch, channels, height, width = feat.shape
+        _, channels, height, width = feat.shape
         if not memories:
             return feat + self.no_mem_embed.view(1, channels, 1, 1)
+        batch = max(feat.shape[0], memories[0].features.shape[0])
         dtype = feat.dtype
         spatial_pos = self.memory_encoder.position_encoding.encode(height, width, feat.device).to(dtype)
         spatial_pos = spatial_pos.flatten(2).permute(2, 0, 1)  # (hw, 1, 64)
@@ -236,7 +238,7 @@ class SAM2Model(nn.Module):
             token_pos.append(ptr_pos.repeat_interleave(split, dim=0))
             num_pointer_tokens = ptrs.shape[0]
         curr = feat.flatten(2).permute(2, 0, 1)
-        curr_pos = image.pos.to(dtype).flatten(2).permute(2, 0, 1).expand(-1, batch, -1)
+        curr_pos = image.pos.to(dtype).flatten(2).permute(2, 0, 1).expand(-1, feat.shape[0], -1)
         fused = self.memory_attention(curr=curr, memory=torch.cat(tokens, dim=0), curr_pos=curr_pos,
                                       memory_pos=torch.cat(token_pos, dim=0),
                                       num_obj_ptr_tokens=num_pointer_tokens)
