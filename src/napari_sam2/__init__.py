@@ -7,8 +7,13 @@ Scripting entry points::
 Axis order and coordinates follow napari: movies are (T, Y, X[, C]); points are (row, col) = (y, x).
 """
 
+import os
 from importlib import import_module
 from typing import Any
+
+# On Apple silicon, ops the MPS backend lacks run on the CPU instead of failing. torch reads this when it is
+# first imported, which in napari happens after this package is imported (we import torch lazily).
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 # Loaded on first use, so that napari's sample menu and `napari-sam2 --help` do not pay for importing torch.
 _EXPORTS = {

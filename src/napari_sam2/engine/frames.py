@@ -121,7 +121,12 @@ class FrameSource:
         other sizes the inputs differ slightly (and the reference clips 16-bit data to 255 first).
         Like the reference, the aspect ratio is not kept: frames are stretched to a square.
         """
-        image = torch.from_numpy(self.normalized(frame)).to(device).permute(2, 0, 1)[None]
+        image = torch.from_numpy(self.normalized(frame))
+        if torch.device(device).type == "cuda":  # page-locked memory: the upload runs asynchronously
+            image = image.pin_memory().to(device, non_blocking=True)
+        else:
+            image = image.to(device)
+        image = image.permute(2, 0, 1)[None]
         if image.shape[-2:] != (image_size, image_size):
             image = F.interpolate(image, size=(image_size, image_size), mode="bilinear",
                                   align_corners=False, antialias=True)

@@ -32,11 +32,13 @@ import torch.nn.functional as F
 
 from ..model.memory_selection import NUM_MASKMEM, memory_frames, pointer_frames
 from ..model.sam2 import NO_OBJECT_SCORE, ImageFeatures, MemoryItem, SAM2Model
+from .acceleration import autocast, resolve_precision
 from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .label_stack import SessionLabels
 from .object_state import FramePrompt, FrameResult, TrackedObject
 from .postprocess import fill_holes, labels_from_logits
+from .prefetch import FramePrefetcher
 from .session_file import load_session, save_session
 
 DIRECTIONS = ("forward", "backward", "both")
@@ -73,12 +75,22 @@ class TrackingSession:
         How many objects go through memory attention, the mask decoder and the memory encoder in one
         batched pass while propagating (bounds the working memory with many objects; the results do
         not depend on it).
+    prefetch_frames : int
+        While propagating, how many of the next frames a background thread reads and preprocesses ahead
+        (0: none).
+    precision : {"fp32", "bf16"}, optional
+        "fp32" reproduces the reference's numbers; "bf16" runs under bf16 autocast (faster on GPUs).
+        Default: bf16 on CUDA, fp32 elsewhere (see :mod:`napari_sam2.engine.acceleration`).
+    compile_model : bool
+        Run the image encoder and memory attention through ``torch.compile`` (changes the model passed
+        in; falls back to eager execution with a warning if compiling fails).
     """
 
     def __init__(self, model: SAM2Model, frames: Any, *, contrast_limits: tuple[float, float] | None = None,
                  rgb: bool | None = None, channel: int | None = None, fill_hole_area: int = 8,
                  device: torch.device | str | None = None, storage_device: torch.device | str = "cpu",
-                 feature_cache_size: int = 4, object_batch_size: int = 16) -> None:
+                 feature_cache_size: int = 4, object_batch_size: int = 16, prefetch_frames: int = 2,
+                 precision: str | None = None, compile_model: bool = False) -> None:
         if not isinstance(model, SAM2Model):
             raise TypeError(f"model must be a SAM2Model from napari_sam2.build_model, got {type(model).__name__}")
         if isinstance(object_batch_size, bool) or not isinstance(object_batch_size, (int, np.integer)) \
@@ -93,7 +105,11 @@ class TrackingSession:
         self.fill_hole_area = int(fill_hole_area)
         self.object_batch_size = int(object_batch_size)
         self.image_size = model.image_size
+        self.precision = resolve_precision(precision, self.device)
+        if compile_model:
+            self.model.use_compiled()
         self.features = FeatureCache(self._encode_frame, capacity=feature_cache_size)
+        self._prefetcher = FramePrefetcher(self._model_input, depth=prefetch_frames)
         self._objects: dict[int, TrackedObject] = {}
         self._rgb, self._channel = rgb, channel
 
@@ -348,8 +364,14 @@ class TrackingSession:
     def _propagate(self, start: int | None, direction: str, max_frames: int | None) -> Iterator[FrameOutput]:
         # A separate generator so that argument errors above are raised at call time, not on first next().
         self._commit_pending_prompts()
-        for frame, reverse, pass_start in self._visit_plan(start, direction, max_frames):
-            yield self._track_frame(frame, reverse, pass_start)
+        plan = self._visit_plan(start, direction, max_frames)
+        try:
+            for step, (frame, reverse, pass_start) in enumerate(plan):
+                upcoming = (t for t, _, _ in plan[step + 1:] if t not in self.features)
+                self._prefetcher.schedule(upcoming)  # read while this frame is tracked
+                yield self._track_frame(frame, reverse, pass_start)
+        finally:  # finished, failed or cancelled: drop what was read ahead
+            self._prefetcher.cancel()
 
     def frames_to_visit(self, start: int | None = None, direction: str = "forward",
                         max_frames: int | None = None) -> list[int]:
@@ -375,6 +397,10 @@ class TrackingSession:
         return [(frame, reverse, order[0]) for order, reverse in passes for frame in order]
 
     def _track_frame(self, frame: int, reverse: bool, pass_start: int) -> FrameOutput:
+        with self._autocast():
+            return self._track_frame_objects(frame, reverse, pass_start)
+
+    def _track_frame_objects(self, frame: int, reverse: bool, pass_start: int) -> FrameOutput:
         features = self.features.get(frame)
         to_track = [obj for obj in self._objects.values() if frame not in obj.cond]
         for obj, result in zip(to_track, self._track_objects(to_track, frame, features, reverse), strict=True):
@@ -431,8 +457,19 @@ class TrackingSession:
         return results
 
     # ------------------------------------------------------------------ internals
+    def _autocast(self):
+        """The context every model call runs in (bf16 autocast or nothing, see ``precision``)."""
+        return autocast(self.device, self.precision)
+
+    def _model_input(self, frame: int) -> torch.Tensor:
+        return self.source.model_input(frame, self.image_size, self.device)
+
     def _encode_frame(self, frame: int) -> ImageFeatures:
-        return self.model.encode_image(self.source.model_input(frame, self.image_size, self.device))
+        image = self._prefetcher.take(frame)
+        if image is None:
+            image = self._model_input(frame)
+        with self._autocast():
+            return self.model.encode_image(image)
 
     def _apply_click_prompt(self, frame: int, obj_id: int, prompt: FramePrompt) -> None:
         """Run the decoder for a (validated) click / box prompt and record it; the session changes only
@@ -450,10 +487,11 @@ class TrackingSession:
             mask_prompt = self._filled(previous.raw_logits).to(self.device)
             mask_prompt = mask_prompt.clamp(-PREV_LOGIT_CLAMP, PREV_LOGIT_CLAMP)
         initial = frame not in obj.direction
-        conditioned = self._condition(obj, frame, features, obj.direction.get(frame, False), initial=initial)
-        heads = self.model.predict_masks(conditioned, features.high_res, coords.to(self.device),
-                                         labels.to(self.device), mask_input=mask_prompt,
-                                         multimask=labels.shape[1] <= 1)
+        with self._autocast():
+            conditioned = self._condition(obj, frame, features, obj.direction.get(frame, False), initial=initial)
+            heads = self.model.predict_masks(conditioned, features.high_res, coords.to(self.device),
+                                             labels.to(self.device), mask_input=mask_prompt,
+                                             multimask=labels.shape[1] <= 1)
         prompt.refines_result = previous is not None
         obj.record_prompt(frame, prompt)
         obj.pending[frame] = self._result(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=True)
@@ -467,7 +505,8 @@ class TrackingSession:
             model_mask = F.interpolate(model_mask, size=size, mode="bilinear", align_corners=False, antialias=True)
             model_mask = (model_mask >= 0.5).float()
         features = self.features.get(frame)
-        heads = self.model.mask_as_output(features.feat, features.high_res, model_mask)
+        with self._autocast():
+            heads = self.model.mask_as_output(features.feat, features.high_res, model_mask)
         obj = self._objects.get(obj_id) or TrackedObject(obj_id)
         obj.record_prompt(frame, FramePrompt(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), mask=mask.copy()))
         obj.pending[frame] = self._result(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=True)
@@ -513,7 +552,8 @@ class TrackingSession:
 
     def _encode_memory(self, features: ImageFeatures, high_res_masks: torch.Tensor, object_score: torch.Tensor,
                        binarize: bool) -> torch.Tensor:
-        memory = self.model.encode_memory(features.feat, high_res_masks, object_score, binarize=binarize)
+        with self._autocast():
+            memory = self.model.encode_memory(features.feat, high_res_masks, object_score, binarize=binarize)
         # Stored as bfloat16, as the reference does; this rounding is part of SAM 2's numerics.
         return memory.to(torch.bfloat16).to(self.storage_device)
 

@@ -114,8 +114,7 @@ class RoPEAttention(Attention):
             qb = q[b if q.shape[0] > 1 else 0]
             for start in range(0, num_q, _QUERY_CHUNK):
                 scores = qb[:, start:start + _QUERY_CHUNK] @ keys_t[b]
-                torch.matmul(torch.softmax(scores, dim=-1), values[b],
-                             out=weighted[b, :, start:start + _QUERY_CHUNK])
+                weighted[b, :, start:start + _QUERY_CHUNK] = torch.softmax(scores, dim=-1) @ values[b]
         weight = self.v_proj.weight.view(self.num_heads, self.head_dim, -1)
         bias = self.v_proj.bias.view(self.num_heads, 1, self.head_dim)
         return weighted @ weight.transpose(-1, -2) + bias

@@ -12,13 +12,16 @@ Tensor conventions inside the model follow the reference: images are (B, 3, S, S
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, get_1d_sine_pe
+from .compiled import CompiledWithFallback
 from .configs import ModelConfig
 from .image_encoder import build_image_encoder
 from .mask_decoder import MaskDecoder
@@ -115,6 +118,9 @@ class SAM2Model(nn.Module):
         self.obj_ptr_proj = MLP(HIDDEN_DIM, HIDDEN_DIM, HIDDEN_DIM, 3)
         if config.is_v21:
             self.obj_ptr_tpos_proj = nn.Linear(HIDDEN_DIM, MEMORY_DIM)
+        # Optional compiled versions of the two hot modules (see use_compiled); a plain dict, so that the
+        # state dict keeps exactly the checkpoint's keys.
+        self._compiled: dict[str, Callable] = {}
         for p in (self.maskmem_tpos_enc, self.no_mem_embed, self.no_mem_pos_enc, self.no_obj_ptr,
                   getattr(self, "no_obj_embed_spatial", None)):
             if p is not None:
@@ -124,10 +130,25 @@ class SAM2Model(nn.Module):
     def device(self) -> torch.device:
         return self.no_obj_ptr.device
 
+    def use_compiled(self, enabled: bool = True, **compile_options: Any) -> None:
+        """Run the image encoder and memory attention (almost all of the time) through ``torch.compile``.
+
+        ``compile_options`` go to ``torch.compile``. Compilation happens on first use; if it fails, a
+        warning is given and the module runs uncompiled (see :class:`CompiledWithFallback`).
+        """
+        self._compiled.clear()
+        if enabled:
+            for name in ("image_encoder", "memory_attention"):
+                self._compiled[name] = CompiledWithFallback(getattr(self, name), **compile_options)
+
+    def _run(self, name: str) -> Callable:
+        """The submodule ``name``, compiled if :meth:`use_compiled` asked for it."""
+        return self._compiled.get(name) or getattr(self, name)
+
     # ------------------------------------------------------------------ image
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Backbone features of preprocessed images (B, 3, S, S)."""
-        out = self.image_encoder(images)
+        out = self._run("image_encoder")(images)
         fpn = out["backbone_fpn"]
         # The mask decoder's high-res projections depend only on the image, so they are applied once
         # here rather than on every click.
@@ -239,7 +260,7 @@ class SAM2Model(nn.Module):
             num_pointer_tokens = ptrs.shape[0]
         curr = feat.flatten(2).permute(2, 0, 1)
         curr_pos = image.pos.to(dtype).flatten(2).permute(2, 0, 1).expand(-1, feat.shape[0], -1)
-        fused = self.memory_attention(curr=curr, memory=torch.cat(tokens, dim=0), curr_pos=curr_pos,
+        fused = self._run("memory_attention")(curr=curr, memory=torch.cat(tokens, dim=0), curr_pos=curr_pos,
                                       memory_pos=torch.cat(token_pos, dim=0),
                                       num_obj_ptr_tokens=num_pointer_tokens)
         return fused.permute(1, 2, 0).reshape(batch, channels, height, width)
