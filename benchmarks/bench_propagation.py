@@ -1,7 +1,7 @@
 """Propagation time per frame and click latency, ours / reference, side by side in one process (CPU, fp32).
 
     python benchmarks/bench_propagation.py [--configs sam2.1_hiera_t sam2.1_hiera_b+] [--objects 1 4 16]
-                                           [--frames 6] [--size 1024]
+                                           [--frames 6] [--size 1024] [--bf16]
 
 Both implementations are built from the same random state dict (tests/reference_support.py; random weights run
 exactly as fast as the official ones), see the same decoded frames (the reference reads its JPEG folder, we read the
@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # shared
 
 from video_scenarios import Pair, synthetic_movie
 
+from napari_sam2 import TrackingSession
+
 
 def timed_steps(steps) -> tuple[list[float], list]:
     """Wall time of each item of an iterator, and the items."""
@@ -47,12 +49,13 @@ def click_points(n_objects: int, size: int) -> list[tuple[float, float]]:
     return cells[:n_objects]
 
 
-def measure(config: str, n_objects: int, frames: int, size: int, workdir: Path) -> dict[str, float]:
+def measure(config: str, n_objects: int, frames: int, size: int, workdir: Path, bf16: bool) -> dict[str, float]:
     movie = synthetic_movie(frames, size)
     pair = Pair(config, size, movie, workdir, seed=0)
     ours, ref = pair.ours, pair.reference
     for obj_id, (row, col) in enumerate(click_points(n_objects, size), start=1):
         pair.points(0, obj_id, [(row, col)], [1])
+    bf16_frame = measure_bf16(pair, n_objects, size) if bf16 else float("nan")
 
     with torch.inference_mode():
         ours_steps, ours_out = timed_steps(ours.propagate(0, "forward"))
@@ -81,6 +84,7 @@ def measure(config: str, n_objects: int, frames: int, size: int, workdir: Path) 
                               labels=np.array([1], np.int32))
     ref_new = time.perf_counter() - start
     return {
+        "ours_bf16_frame": bf16_frame,
         "ours_frame": statistics.median(ours_steps[1:]),
         "ref_frame": statistics.median(ref_steps[1:]),
         "ours_cached_click": ours_cached,
@@ -91,26 +95,39 @@ def measure(config: str, n_objects: int, frames: int, size: int, workdir: Path) 
     }
 
 
+def measure_bf16(pair: Pair, n_objects: int, size: int) -> float:
+    """Per-frame time of our session in bf16 autocast (opt-in; its numbers differ from fp32 by bf16 rounding)."""
+    session = TrackingSession(pair.ours.model, pair.ours.source.frames, contrast_limits=(0, 255), fill_hole_area=0,
+                              precision="bf16")
+    for obj_id, (row, col) in enumerate(click_points(n_objects, size), start=1):
+        session.add_points(0, obj_id, [(row, col)], [1])
+    steps, _ = timed_steps(session.propagate(0, "forward"))
+    return statistics.median(steps[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["sam2.1_hiera_t", "sam2.1_hiera_b+"])
     parser.add_argument("--objects", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--frames", type=int, default=6, help="frames per movie (the first is prompted)")
     parser.add_argument("--size", type=int, default=1024, help="frame size = model input size (no resizing)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time our session in bf16 autocast (an opt-in mode, not the reference's numbers)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, fp32, frames {args.size}x{args.size}, "
           f"{args.frames} frames per movie")
     header = ("config", "objects", "ours s/frame", "ref s/frame", "ref/ours", "cached click ours/ref ms",
-              "new-frame click ours/ref s", "max |diff|")
+              "new-frame click ours/ref s", "max |diff|", "ours bf16 s/frame", "ref/ours bf16")
     print(" | ".join(header))
     for config in args.configs:
         for n_objects in args.objects:
             with tempfile.TemporaryDirectory() as tmp:
-                r = measure(config, n_objects, args.frames, args.size, Path(tmp))
+                r = measure(config, n_objects, args.frames, args.size, Path(tmp), args.bf16)
             print(f"{config} | {n_objects} | {r['ours_frame']:.2f} | {r['ref_frame']:.2f} | "
                   f"{r['ref_frame'] / r['ours_frame']:.2f} | "
                   f"{r['ours_cached_click'] * 1e3:.0f} / {r['ref_cached_click'] * 1e3:.0f} | "
-                  f"{r['ours_new_click']:.2f} / {r['ref_new_click']:.2f} | {r['max_logit_diff']:.1e}", flush=True)
+                  f"{r['ours_new_click']:.2f} / {r['ref_new_click']:.2f} | {r['max_logit_diff']:.1e} | "
+                  f"{r['ours_bf16_frame']:.2f} | {r['ref_frame'] / r['ours_bf16_frame']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
