@@ -38,3 +38,7 @@ def test_batched_objects_match_one_by_one():
 def test_object_batch_size_is_checked(size):
     with pytest.raises(ValueError, match="object_batch_size must be an integer >= 1"):
         TrackingSession(small_model(), cells_movie(2), object_batch_size=size)
+
+
+def test_object_batch_size_default_depends_on_the_device():
+    assert TrackingSession(small_model(), cells_movie(2)).object_batch_size == 1  # CPU
