@@ -30,10 +30,11 @@ class FramePrefetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._pending: OrderedDict[int, Future] = OrderedDict()
 
-    def schedule(self, frames: Iterable[int]) -> None:
-        """Start preparing ``frames`` (the next ones needed, in order); only the first ``depth`` are kept."""
+    def schedule(self, frames: Iterable[int], keep: int | None = None) -> None:
+        """Start preparing ``frames`` (the next ones needed, in order); only the first ``depth`` are kept,
+        plus ``keep`` (the frame needed now) if it is already being prepared."""
         wanted = list(dict.fromkeys(frames))[:self.depth]
-        for frame in [f for f in self._pending if f not in wanted]:
+        for frame in [f for f in self._pending if f not in wanted and f != keep]:
             self._pending.pop(frame).cancel()
         for frame in wanted:
             if frame not in self._pending:

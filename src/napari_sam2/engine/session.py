@@ -372,7 +372,7 @@ class TrackingSession:
         try:
             for step, (frame, reverse, pass_start) in enumerate(plan):
                 upcoming = (t for t, _, _ in plan[step + 1:] if t not in self.features)
-                self._prefetcher.schedule(upcoming)  # read while this frame is tracked
+                self._prefetcher.schedule(upcoming, keep=frame)  # read while this frame is tracked
                 yield self._track_frame(frame, reverse, pass_start)
         finally:  # finished, failed or cancelled: drop what was read ahead
             self._prefetcher.cancel()
