@@ -38,6 +38,13 @@ def _write(path, text, encoding="utf-8"):
     return path
 
 
+def refusal(path) -> str:
+    """The message of the PromptFileError that reading the points CSV ``path`` must raise."""
+    with pytest.raises(PromptFileError) as info:
+        read_points_csv(path)
+    return str(info.value)
+
+
 def _as_tuples(prompts):
     return [(p.frame, p.obj_id, p.points.tolist(), p.labels.tolist()) for p in prompts]
 
@@ -145,9 +152,7 @@ def test_accepts_str_path(tmp_path):
 
 def test_two_axis_csv_has_no_frame(tmp_path):
     path = write_like_napari(tmp_path / "points2d.csv", [[1, 2], [3, 4]])
-    with pytest.raises(PromptFileError) as info:
-        read_points_csv(path)
-    message = str(info.value)
+    message = refusal(path)
     assert "points2d.csv" in message
     assert "axis-0, axis-1, axis-2" in message
     assert "no frame" in message
@@ -155,9 +160,7 @@ def test_two_axis_csv_has_no_frame(tmp_path):
 
 def test_four_axis_csv_is_refused(tmp_path):
     path = write_like_napari(tmp_path / "points4d.csv", [[0, 1, 2, 3]])
-    with pytest.raises(PromptFileError) as info:
-        read_points_csv(path)
-    message = str(info.value)
+    message = refusal(path)
     assert "axis-3" in message and "(T, Z, Y, X)" in message
 
 
@@ -166,9 +169,7 @@ def test_non_integer_frame(tmp_path):
                   "index,axis-0,axis-1,axis-2\n"
                   "0,1.0,1,2\n"
                   "1,2.5,3,4\n")
-    with pytest.raises(PromptFileError) as info:
-        read_points_csv(path)
-    message = str(info.value)
+    message = refusal(path)
     assert "line 3" in message and "2.5" in message and "frame" in message
 
 
@@ -187,9 +188,8 @@ def test_frame_within_rounding_tolerance(tmp_path):
 @pytest.mark.parametrize("text", ["", "abc", "nan", "inf"])
 def test_bad_coordinate(tmp_path, text):
     path = _write(tmp_path / "points.csv", f"index,axis-0,axis-1,axis-2\n0,1.0,{text},2\n")
-    with pytest.raises(PromptFileError) as info:
-        read_points_csv(path)
-    assert "line 2" in str(info.value) and "axis-1" in str(info.value)
+    message = refusal(path)
+    assert "line 2" in message and "axis-1" in message
 
 
 def test_bad_polarity_value(tmp_path):
@@ -197,9 +197,7 @@ def test_bad_polarity_value(tmp_path):
                   "index,axis-0,axis-1,axis-2,positive,obj_id\n"
                   "0,1.0,1,2,True,1\n"
                   "1,1.0,3,4,maybe,1\n")
-    with pytest.raises(PromptFileError) as info:
-        read_points_csv(path)
-    message = str(info.value)
+    message = refusal(path)
     assert "line 3" in message and "'maybe'" in message
 
 
@@ -210,9 +208,8 @@ def test_error_names_the_file_line_past_blank_lines(tmp_path):
                   "0,1.0,1,2,True\n"
                   "\n"
                   "1,1.0,3,4,maybe\n")
-    with pytest.raises(PromptFileError) as info:
-        read_points_csv(path)
-    assert "line 5" in str(info.value)
+    message = refusal(path)
+    assert "line 5" in message
 
 
 def test_blank_lines_are_skipped(tmp_path):
@@ -225,9 +222,8 @@ def test_bad_object_id(tmp_path, value):
     path = _write(tmp_path / "points.csv",
                   "index,axis-0,axis-1,axis-2,positive,obj_id\n"
                   f"0,1.0,1,2,True,{value}\n")
-    with pytest.raises(PromptFileError) as info:
-        read_points_csv(path)
-    assert "line 2" in str(info.value)
+    message = refusal(path)
+    assert "line 2" in message
 
 
 def test_header_only_holds_no_points(tmp_path):
