@@ -401,10 +401,6 @@ class TrackingSession:
         return [(frame, reverse, order[0]) for order, reverse in passes for frame in order]
 
     def _track_frame(self, frame: int, reverse: bool, pass_start: int) -> FrameOutput:
-        with self._autocast():
-            return self._track_frame_objects(frame, reverse, pass_start)
-
-    def _track_frame_objects(self, frame: int, reverse: bool, pass_start: int) -> FrameOutput:
         features = self.features.get(frame)
         to_track = [obj for obj in self._objects.values() if frame not in obj.cond]
         for obj, result in zip(to_track, self._track_objects(to_track, frame, features, reverse), strict=True):
@@ -446,9 +442,10 @@ class TrackingSession:
                     for i, item in enumerate(first_memories)]
         pointers = [(distance, torch.cat([entry[2][i][1] for entry in batch]))
                     for i, (distance, _) in enumerate(first_pointers)]
-        conditioned = self.model.condition_on_memory(features, memories, pointers, self.num_frames)
-        conditioned = conditioned.expand(len(batch), -1, -1, -1)  # no memories: one no-memory frame for all
-        heads = self.model.predict_masks(conditioned, features.high_res, multimask=True)
+        with self._autocast():
+            conditioned = self.model.condition_on_memory(features, memories, pointers, self.num_frames)
+            conditioned = conditioned.expand(len(batch), -1, -1, -1)  # no memories: one no-memory frame for all
+            heads = self.model.predict_masks(conditioned, features.high_res, multimask=True)
         maskmem = self._encode_memory(features, heads.high_res_masks, heads.object_score, binarize=False)
         results = []
         for i in range(len(batch)):
@@ -462,7 +459,8 @@ class TrackingSession:
 
     # ------------------------------------------------------------------ internals
     def _autocast(self):
-        """The context every model call runs in (bf16 autocast or nothing, see ``precision``)."""
+        """The context each model call runs in (bf16 autocast or nothing, see ``precision``); entered around
+        the calls themselves: encoding a frame or a memory, conditioning and decoding."""
         return autocast(self.device, self.precision)
 
     def _model_input(self, frame: int) -> torch.Tensor:

@@ -102,7 +102,8 @@ class RoPEAttention(Attention):
 
         Written by hand because it is the tracker's hot spot on the CPU: memory values have 64 channels
         against 256 per head, so weighting them first does a quarter of the work for the value half of the
-        attention (about 1.3x faster cross-attention on two cores). Queries are processed in chunks, so the
+        attention (measured on two cores with a full memory bank: 0.62 s against 0.68 s for torch's
+        flash-attention kernel per cross-attention). Queries are processed in chunks, so the
         score matrix never exceeds ``_QUERY_CHUNK`` rows per object. Returns (B, heads, Nq, head_dim).
         """
         q = q * self.head_dim ** -0.5

@@ -261,8 +261,8 @@ class SAM2Model(nn.Module):
         curr = feat.flatten(2).permute(2, 0, 1)
         curr_pos = image.pos.to(dtype).flatten(2).permute(2, 0, 1).expand(-1, feat.shape[0], -1)
         fused = self._run("memory_attention")(curr=curr, memory=torch.cat(tokens, dim=0), curr_pos=curr_pos,
-                                      memory_pos=torch.cat(token_pos, dim=0),
-                                      num_obj_ptr_tokens=num_pointer_tokens)
+                                              memory_pos=torch.cat(token_pos, dim=0),
+                                              num_obj_ptr_tokens=num_pointer_tokens)
         return fused.permute(1, 2, 0).reshape(batch, channels, height, width)
 
     def _pointer_position_encoding(self, distances: torch.Tensor, num_frames: int, batch: int,
