@@ -34,11 +34,11 @@ def test_batched_objects_match_one_by_one():
     assert all(m.shape == (1, 64, 8, 8) and m.untyped_storage().nbytes() == m.numel() * 2 for m in memories)
 
 
-@pytest.mark.parametrize("size", [0, -1, 1.5, True])
+@pytest.mark.parametrize("size", [0, -1, 1.5, True, None])
 def test_object_batch_size_is_checked(size):
     with pytest.raises(ValueError, match="object_batch_size must be an integer >= 1"):
         TrackingSession(small_model(), cells_movie(2), object_batch_size=size)
 
 
-def test_object_batch_size_default_depends_on_the_device():
-    assert TrackingSession(small_model(), cells_movie(2)).object_batch_size == 1  # CPU
+def test_object_batch_size_default():
+    assert TrackingSession(small_model(), cells_movie(2)).object_batch_size == 16  # CPU too

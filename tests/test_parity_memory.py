@@ -6,6 +6,7 @@ import pytest
 import torch
 from reference_support import max_abs_diff, reference_with_random_weights
 
+from napari_sam2.model import memory_attention
 from napari_sam2.model.memory_attention import MemoryAttention, RoPEAttention
 from napari_sam2.model.memory_encoder import MemoryEncoder
 
@@ -142,9 +143,14 @@ def test_rope_pointer_tokens_are_not_rotated():
     assert max_abs_diff(a, b) <= 1e-5
 
 
+@pytest.mark.parametrize("query_chunk, key_chunk", [(256, 2048), (100, 300)], ids=["default-blocks", "ragged-blocks"])
 @torch.no_grad()
-def test_cpu_value_folding_matches_plain_attention(monkeypatch):
-    """The CPU path (weight the 64-channel memory, then project) equals attention over projected values."""
+def test_cpu_value_folding_matches_plain_attention(monkeypatch, query_chunk, key_chunk):
+    """The CPU path (weight the 64-channel memory block by block with a running softmax, then project)
+    equals attention over projected values; with ragged blocks the 784 keys (pointers last) span three
+    key blocks and the 256 queries three query blocks."""
+    monkeypatch.setattr(memory_attention, "_QUERY_CHUNK", query_chunk)
+    monkeypatch.setattr(memory_attention, "_KEY_CHUNK", key_chunk)
     torch.manual_seed(0)
     model = MemoryAttention().eval()
     gen = torch.Generator().manual_seed(11)
@@ -173,3 +179,17 @@ def test_one_frame_shared_by_a_batch_of_objects(monkeypatch, fold):
     assert max_abs_diff(shared, repeated) <= 1e-5
     with pytest.raises(ValueError, match="batch sizes differ"):
         model(curr[:, :2], memory, curr_pos[:, :2], memory_pos, num_obj_ptr_tokens=n_ptr)
+
+
+@pytest.mark.parametrize("tokens", [256, 300])
+@torch.no_grad()
+def test_cpu_feed_forward_in_blocks_equals_whole(monkeypatch, tokens):
+    """The CPU feed-forward network taken block by block (here 100 tokens) equals it over all tokens."""
+    monkeypatch.setattr(memory_attention, "_FFN_CHUNK", 100)
+    torch.manual_seed(0)
+    layer = MemoryAttention(num_layers=1).eval().layers[0]
+    x = torch.randn(2, tokens, 256)
+    whole = layer.linear2(torch.relu(layer.linear1(x)))
+    blocked = layer.feed_forward(x)
+    assert blocked.shape == whole.shape
+    assert max_abs_diff(blocked, whole) <= 1e-6

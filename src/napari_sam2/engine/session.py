@@ -71,10 +71,10 @@ class TrackingSession:
         Where per-object results and memories are kept between frames (default CPU).
     feature_cache_size : int
         Number of frames whose image features are kept.
-    object_batch_size : int, optional
+    object_batch_size : int
         How many objects go through memory attention, the mask decoder and the memory encoder in one
-        batched pass while propagating; the results do not depend on it. Default: 16 on GPUs, 1 on the
-        CPU (where batches were measured to be slower).
+        batched pass while propagating (default 16); the results do not depend on it. On the CPU the
+        memory attention shares its first step between the batch's objects, then takes them one by one.
     prefetch_frames : int
         While propagating, how many of the next frames a background thread reads and preprocesses ahead
         (0: none).
@@ -89,13 +89,13 @@ class TrackingSession:
     def __init__(self, model: SAM2Model, frames: Any, *, contrast_limits: tuple[float, float] | None = None,
                  rgb: bool | None = None, channel: int | None = None, fill_hole_area: int = 8,
                  device: torch.device | str | None = None, storage_device: torch.device | str = "cpu",
-                 feature_cache_size: int = 4, object_batch_size: int | None = None, prefetch_frames: int = 2,
+                 feature_cache_size: int = 4, object_batch_size: int = 16, prefetch_frames: int = 2,
                  precision: str | None = None, compile_model: bool = False) -> None:
         if not isinstance(model, SAM2Model):
             raise TypeError(f"model must be a SAM2Model from napari_sam2.build_model, got {type(model).__name__}")
-        if object_batch_size is not None and (isinstance(object_batch_size, bool) or object_batch_size < 1
-                                              or not isinstance(object_batch_size, (int, np.integer))):
-            raise ValueError(f"object_batch_size must be an integer >= 1 or None, got {object_batch_size!r}")
+        if (isinstance(object_batch_size, bool) or not isinstance(object_batch_size, (int, np.integer))
+                or object_batch_size < 1):
+            raise ValueError(f"object_batch_size must be an integer >= 1, got {object_batch_size!r}")
         if fill_hole_area < 0:
             raise ValueError(f"fill_hole_area must be >= 0, got {fill_hole_area}")
         self.source = FrameSource(frames, contrast_limits=contrast_limits, rgb=rgb, channel=channel)
@@ -103,10 +103,6 @@ class TrackingSession:
         self.model = model.eval().to(self.device)
         self.storage_device = torch.device(storage_device)
         self.fill_hole_area = int(fill_hole_area)
-        if object_batch_size is None:
-            # Measured (docs/performance.md): on the CPU, one object at a time is fastest (batches of 16
-            # 1024-px objects move ~200 MB tensors per layer and ran 25 % slower); GPUs gain from batches.
-            object_batch_size = 1 if self.device.type == "cpu" else 16
         self.object_batch_size = int(object_batch_size)
         self.image_size = model.image_size
         self.precision = resolve_precision(precision, self.device)
