@@ -73,25 +73,12 @@ def measure(config: str, n_objects: int, frames: int, size: int, workdir: Path, 
             pair._compare(mine, theirs)  # the same logits on every frame, or the timing compares different work
         # Latency of one more click on the last tracked frame (its features are cached on both sides) ...
         last = frames - 1
-        start = time.perf_counter()
-        ours.add_points(last, 1, [(size / 3, size / 3)], [1])
-        ours_cached = time.perf_counter() - start
-        start = time.perf_counter()
-        ref.add_new_points_or_box(pair.state, last, 1, points=np.array([[size / 3, size / 3]], np.float32),
-                                  labels=np.array([1], np.int32))
-        ref_cached = time.perf_counter() - start
-    # ... and of a first click on a frame whose features are not cached (both encode the frame here).
-    new_frame = frames - 1
+        ours_cached, ref_cached = click_latency(pair, last, (size / 3, size / 3))
+    # ... and of a first click on that frame once no features are cached (both encode the frame here).
     ours.features.clear()
-    ref.clear_all_prompts_in_frame(pair.state, new_frame, 1)
+    ref.clear_all_prompts_in_frame(pair.state, last, 1)
     pair.state["cached_features"] = {}
-    start = time.perf_counter()
-    ours.add_points(new_frame, 1, [(size / 2, size / 2)], [1])
-    ours_new = time.perf_counter() - start
-    start = time.perf_counter()
-    ref.add_new_points_or_box(pair.state, new_frame, 1, points=np.array([[size / 2, size / 2]], np.float32),
-                              labels=np.array([1], np.int32))
-    ref_new = time.perf_counter() - start
+    ours_new, ref_new = click_latency(pair, last, (size / 2, size / 2))
     return {
         "ours_bf16_frame": bf16_frame,
         "ours_frame": full_bank_median(ours_steps),
@@ -104,6 +91,18 @@ def measure(config: str, n_objects: int, frames: int, size: int, workdir: Path, 
         "ref_new_click": ref_new,
         "max_logit_diff": pair.max_diff,
     }
+
+
+def click_latency(pair: Pair, frame: int, row_col: tuple[float, float]) -> tuple[float, float]:
+    """Seconds for one positive click of object 1 at (row, col) on ``frame`` replacing its clicks there:
+    ours, then the reference's (which takes (x, y))."""
+    start = time.perf_counter()
+    pair.ours.add_points(frame, 1, [row_col], [1])
+    ours = time.perf_counter() - start
+    start = time.perf_counter()
+    pair.reference.add_new_points_or_box(pair.state, frame, 1, points=np.array([row_col[::-1]], np.float32),
+                                         labels=np.array([1], np.int32))
+    return ours, time.perf_counter() - start
 
 
 def measure_bf16(pair: Pair, n_objects: int, size: int) -> float:
