@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cpu_workers import map_blocks
 from .rope import axial_rope_table, rotate_pairs
 from .two_way_transformer import Attention
 
-# Score blocks of the CPU cross-attention (softmax_weighted_sum): 256 queries x 2048 keys was among the
-# fastest of 128..2048 x 1024..8192 measured on two cores (0.47-0.50 s per full-bank cross-attention).
+# Score blocks of the CPU cross-attention (softmax_weighted_sum), each block of queries on one worker
+# thread: 256 queries x 1024 keys was among the fastest of 128..256 x 512..2048 measured on two cores
+# (0.45 s per full-bank cross-attention; 0.46-0.49 s for the others).
 _QUERY_CHUNK = 256
-_KEY_CHUNK = 2048
+_KEY_CHUNK = 1024
 _FFN_CHUNK = 512  # tokens per block of the CPU feed-forward network
 
 
@@ -107,18 +109,25 @@ class RoPEAttention(Attention):
 
         Written by hand because it is the tracker's hot spot on the CPU, and torch's CPU flash kernel
         needs values as wide as the keys: memory values have 64 channels against 256 per head, so
-        weighting them first does a quarter of the work for the value half of the attention. Returns
-        (B, heads, Nq, head_dim).
+        weighting them first does a quarter of the work for the value half of the attention. Blocks of
+        ``_QUERY_CHUNK`` queries go to single-threaded workers (cpu_workers.py), as in torch's own kernel.
+        Per full-bank cross-attention on this project's two cores: 0.45-0.49 s, against 0.63 s for torch's
+        flash kernel on the reference's 256-channel values and 0.65 s for the same blocks run op by op on
+        both cores. Returns (B, heads, Nq, head_dim).
         """
         q = q * self.head_dim ** -0.5
         keys_t = k.transpose(-1, -2)
         batch, num_q = max(q.shape[0], k.shape[0]), q.shape[2]
+        blocks = [(b, slice(start, start + _QUERY_CHUNK)) for b in range(batch)
+                  for start in range(0, num_q, _QUERY_CHUNK)]
+
+        def weigh(block: tuple[int, slice]) -> Tensor:
+            b, rows = block
+            return softmax_weighted_sum(q[b if q.shape[0] > 1 else 0, :, rows], keys_t[b], v[b])
+
         weighted = q.new_empty(batch, self.num_heads, num_q, v.shape[-1])
-        for b in range(batch):
-            qb = q[b if q.shape[0] > 1 else 0]
-            for start in range(0, num_q, _QUERY_CHUNK):
-                rows = slice(start, start + _QUERY_CHUNK)
-                weighted[b, :, rows] = softmax_weighted_sum(qb[:, rows], keys_t[b], v[b])
+        for (b, rows), block_weighted in zip(blocks, map_blocks(weigh, blocks), strict=True):
+            weighted[b, :, rows] = block_weighted
         weight = self.v_proj.weight.view(self.num_heads, self.head_dim, -1)
         bias = self.v_proj.bias.view(self.num_heads, 1, self.head_dim)
         return weighted @ weight.transpose(-1, -2) + bias
@@ -130,10 +139,8 @@ def softmax_weighted_sum(queries: Tensor, keys_t: Tensor, values: Tensor) -> Ten
 
     The keys are taken ``_KEY_CHUNK`` at a time with a running maximum and sum (the "online softmax" of
     flash attention), so a block of scores stays in cache instead of a full (n, Nk) matrix going through
-    memory three times: 0.48 s against 0.63 s for the full-matrix version and 0.64 s for torch's flash
-    kernel (on 256-channel values) per cross-attention with a full memory bank, on this project's two-core
-    CPU. Scores, maxima and sums are kept in float32 (also under bf16 autocast). Equal to the plain softmax
-    up to float rounding.
+    memory three times. Scores, maxima and sums are kept in float32 (also under bf16 autocast). Equal to
+    the plain softmax up to float rounding.
     """
     heads, num_q, num_k = queries.shape[0], queries.shape[1], keys_t.shape[-1]
     running_max = queries.new_full((heads, num_q, 1), float("-inf"), dtype=torch.float32)
