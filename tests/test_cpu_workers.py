@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 
@@ -92,3 +93,20 @@ def test_one_torch_thread_runs_in_the_callers_thread(fresh_pools, monkeypatch):
     results = cpu_workers.map_blocks(worker_report, [1, 2, 3])
     assert {name for _, name, *_ in results} == {threading.current_thread().name}
     assert fresh_pools == {}
+
+
+@pytest.mark.skipif(not LINUX_OPENMP, reason="the workers are checked on Linux builds of torch with OpenMP")
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one torch thread: nothing to spread")
+def test_workers_stay_single_threaded_after_torch_set_num_threads():
+    """torch.set_num_threads makes torch give every new thread that many MKL threads; the workers undo it
+    (checked in a fresh process, as the setting is process-wide)."""
+    script = (
+        "import threading, torch\n"
+        "torch.set_num_threads(2)\n"
+        "from napari_sam2.model import cpu_workers\n"
+        "report = cpu_workers.map_blocks(lambda i: (threading.current_thread().name,"
+        " cpu_workers._reported_thread_counts()), [0, 1, 2])\n"
+        "assert all(name.startswith('napari-sam2-cpu') and counts == {1} for name, counts in report), report\n"
+        "assert torch.get_num_threads() == 2\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
