@@ -9,6 +9,7 @@ from reference_support import max_abs_diff, reference_with_random_weights
 from napari_sam2.model import memory_attention
 from napari_sam2.model.memory_attention import MemoryAttention, RoPEAttention
 from napari_sam2.model.memory_encoder import MemoryEncoder
+from napari_sam2.model.rope import rotate_pairs
 
 CONFIG = "sam2.1_hiera_t"
 TOL = 1e-4
@@ -143,7 +144,22 @@ def test_rope_pointer_tokens_are_not_rotated():
     assert max_abs_diff(a, b) <= 1e-5
 
 
-@pytest.mark.parametrize("query_chunk, key_chunk", [(256, 2048), (100, 300)], ids=["default-blocks", "ragged-blocks"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_complex_rope_rotation_equals_the_real_form(dtype):
+    """On the CPU the RoPE tables carry a complex form and keys rotate as one complex product; it must give
+    the real cos/sin form's numbers (used on MPS and under torch.compile), for 7 memory frames of keys."""
+    attention = RoPEAttention(256, rope_k_repeat=True, feat_sizes=(8, 8), kv_in_dim=64)
+    cos, sin, cis = attention.rope_table(64, torch.device("cpu"), repeats=7)
+    assert cis is not None and cis.dtype == torch.complex64 and cis.shape == (7 * 64, 128)
+    keys = torch.randn(2, 1, 7 * 64, 256, generator=torch.Generator().manual_seed(5)).to(dtype)
+    complex_form = rotate_pairs(keys, cos, sin, cis)
+    real_form = rotate_pairs(keys, cos, sin)
+    assert complex_form.dtype == dtype
+    assert max_abs_diff(complex_form.float(), real_form.float()) <= 1e-6
+    assert not torch.equal(complex_form, keys)  # it did rotate
+
+
+@pytest.mark.parametrize("query_chunk, key_chunk", [(256, 1024), (100, 300)], ids=["default-blocks", "ragged-blocks"])
 @torch.no_grad()
 def test_cpu_value_folding_matches_plain_attention(monkeypatch, query_chunk, key_chunk):
     """The CPU path (weight the 64-channel memory block by block with a running softmax, then project)
