@@ -147,16 +147,20 @@ def test_rope_pointer_tokens_are_not_rotated():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_complex_rope_rotation_equals_the_real_form(dtype):
     """On the CPU the RoPE tables carry a complex form and keys rotate as one complex product; it must give
-    the real cos/sin form's numbers (used on MPS and under torch.compile), for 7 memory frames of keys."""
+    the real cos/sin form's numbers (used on MPS and under torch.compile), for 7 memory frames of keys, each
+    frame rotated like a single grid by the one grid-sized table."""
     attention = RoPEAttention(256, rope_k_repeat=True, feat_sizes=(8, 8), kv_in_dim=64)
-    cos, sin, cis = attention.rope_table(64, torch.device("cpu"), repeats=7)
-    assert cis is not None and cis.dtype == torch.complex64 and cis.shape == (7 * 64, 128)
+    cos, sin, cis = attention.rope_table(64, torch.device("cpu"))
+    assert cis is not None and cis.dtype == torch.complex64 and cis.shape == (64, 128)
     keys = torch.randn(2, 1, 7 * 64, 256, generator=torch.Generator().manual_seed(5)).to(dtype)
     complex_form = rotate_pairs(keys, cos, sin, cis)
     real_form = rotate_pairs(keys, cos, sin)
-    assert complex_form.dtype == dtype
+    assert complex_form.dtype == dtype and complex_form.shape == keys.shape
     assert max_abs_diff(complex_form.float(), real_form.float()) <= 1e-6
     assert not torch.equal(complex_form, keys)  # it did rotate
+    for frame in range(7):
+        grid = slice(frame * 64, (frame + 1) * 64)
+        assert torch.equal(rotate_pairs(keys[..., grid, :], cos, sin), real_form[..., grid, :])
 
 
 @pytest.mark.parametrize("query_chunk, key_chunk", [(256, 1024), (100, 300)], ids=["default-blocks", "ragged-blocks"])

@@ -93,14 +93,15 @@ def _become_worker() -> None:
     """Thread initializer: keep this thread's OpenMP and MKL to one thread, and record whether that held."""
     _worker.active = True
     torch.get_num_threads()  # torch sets a new thread's counts on its first use; ours must come after
-    _call_in_torch_libraries("omp_set_num_threads", 1)
-    _call_in_torch_libraries("MKL_Set_Num_Threads_Local", 1)
+    libraries = _torch_libraries()
+    _call_first_exporter(libraries, "omp_set_num_threads", 1)
+    _call_first_exporter(libraries, "MKL_Set_Num_Threads_Local", 1)
     _worker.single_threaded = _reported_thread_counts() == {1}
 
 
-def _call_in_torch_libraries(symbol: str, value: int) -> None:
-    """Call ``symbol(value)`` in the first of the process's or torch's shared libraries that exports it."""
-    for library in _torch_libraries():
+def _call_first_exporter(libraries: list[ctypes.CDLL], symbol: str, value: int) -> None:
+    """Call ``symbol(value)`` in the first of ``libraries`` that exports it."""
+    for library in libraries:
         function = getattr(library, symbol, None)
         if function is not None:
             function(ctypes.c_int(value))

@@ -42,8 +42,8 @@ class RoPEAttention(Attention):
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.feat_sizes = (int(feat_sizes[0]), int(feat_sizes[1]))
-        # (width, height, device, repeats) -> rope_table(); not part of the state dict.
-        self._rope_cache: dict[tuple[int, int, str, int], tuple[Tensor, Tensor, Tensor | None]] = {}
+        # (width, height, device) -> rope_table(); not part of the state dict.
+        self._rope_cache: dict[tuple[int, int, str], tuple[Tensor, Tensor, Tensor | None]] = {}
 
     def _grid_size(self, num_tokens: int) -> tuple[int, int]:
         """(width, height) of the token grid the queries come from."""
@@ -54,18 +54,15 @@ class RoPEAttention(Attention):
             raise ValueError(f"RoPE needs a square token grid, got {num_tokens} query tokens")
         return side, side
 
-    def rope_table(self, num_tokens: int, device: torch.device,
-                   repeats: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Cached (cos, sin, cis) tables, (repeats * num_tokens, head_dim // 2), for the query grid
-        (``repeats`` > 1: for keys that are several such grids, memory frames, one after the other): float32
-        cos and sin, and on the CPU their complex64 form cos + i sin (None elsewhere; see rotate_pairs)."""
+    def rope_table(self, num_tokens: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Cached (cos, sin, cis) tables, (num_tokens, head_dim // 2), for the query grid (keys that are
+        several such grids, memory frames, share them; see rotate_pairs): float32 cos and sin, and on the
+        CPU their complex64 form cos + i sin (None elsewhere)."""
         width, height = self._grid_size(num_tokens)
-        key = (width, height, str(device), repeats)
+        key = (width, height, str(device))
         table = self._rope_cache.get(key)
         if table is None:
             cos, sin = axial_rope_table(self.head_dim, width, height, self.rope_theta, device)
-            if repeats > 1:
-                cos, sin = cos.repeat(repeats, 1), sin.repeat(repeats, 1)
             table = (cos, sin, torch.complex(cos, sin) if torch.device(device).type == "cpu" else None)
             self._rope_cache[key] = table
         return table
@@ -73,7 +70,8 @@ class RoPEAttention(Attention):
     def _apply_rope(self, q: Tensor, k: Tensor, num_k_exclude_rope: int) -> tuple[Tensor, Tensor]:
         """Rotate q, and all keys but the last ``num_k_exclude_rope``, by their grid positions."""
         num_q, num_k = q.shape[-2], k.shape[-2]
-        q = rotate_pairs(q, *self.rope_table(num_q, q.device))
+        table = self.rope_table(num_q, q.device)
+        q = rotate_pairs(q, *table)
 
         num_k_rope = num_k - num_k_exclude_rope
         if num_k_rope <= 0:
@@ -81,7 +79,7 @@ class RoPEAttention(Attention):
         if num_k_rope != num_q and (not self.rope_k_repeat or num_k_rope % num_q):
             raise ValueError(f"cannot give RoPE positions of {num_q} queries to {num_k_rope} keys "
                              f"(rope_k_repeat={self.rope_k_repeat})")
-        k_rope = rotate_pairs(k[..., :num_k_rope, :], *self.rope_table(num_q, q.device, num_k_rope // num_q))
+        k_rope = rotate_pairs(k[..., :num_k_rope, :], *table)
         if num_k_exclude_rope > 0:
             k_rope = torch.cat([k_rope, k[..., num_k_rope:, :]], dim=-2)
         return q, k_rope

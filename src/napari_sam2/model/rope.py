@@ -39,16 +39,18 @@ def axial_rope_table(dim: int, width: int, height: int, theta: float = 10000.0,
 
 
 def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, cis: Tensor | None = None) -> Tensor:
-    """Rotate adjacent feature pairs of ``x`` (..., N, dim) by the per-token angles of (N, dim // 2) tables.
+    """Rotate adjacent feature pairs of ``x`` (..., N, dim) by the per-token angles of (n, dim // 2) tables.
 
-    The arithmetic is done in float32 and the result cast back to ``x``'s dtype. With ``cis`` (the complex64
-    table cos + i sin) the rotation is one complex product instead of seven passes over ``x``: on the CPU
-    2 against 21 ms for 7 x 4096 memory keys of 256 channels, with the same float32 results.
+    N may be a multiple of n: ``x`` then holds several grids one after the other (memory frames), each
+    rotated alike by the same tables, broadcast rather than repeated. The arithmetic is done in float32 and
+    the result cast back to ``x``'s dtype. With ``cis`` (the complex64 table cos + i sin) the rotation is one
+    complex product instead of seven passes over ``x``: on the CPU 2 against 21 ms for 7 x 4096 memory keys
+    of 256 channels, with the same float32 results.
     """
+    grids = x.float().unflatten(-2, (-1, cos.shape[0])).unflatten(-1, (-1, 2))  # (..., grids, n, dim // 2, 2)
     if cis is not None:
-        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
-        return torch.view_as_real(pairs * cis).flatten(-2).to(x.dtype)
-    xf = x.float().unflatten(-1, (-1, 2))
-    real, imag = xf[..., 0], xf[..., 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+        rotated = torch.view_as_real(torch.view_as_complex(grids.contiguous()) * cis)
+    else:
+        real, imag = grids[..., 0], grids[..., 1]
+        rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).flatten(-3, -2).to(x.dtype)
