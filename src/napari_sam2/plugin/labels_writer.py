@@ -22,13 +22,15 @@ along Z, or any other order whose last two axes are (Y, X); pixel coordinates ar
 from __future__ import annotations
 
 import operator
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
+
+from .edit_detection import UserEdit, edits_of
+from .packed_planes import PackedPlane, pack_plane, unpack_plane
+from .undo_group import UndoGroup
 
 __all__ = ["LabelsWriter", "next_free_label"]
 
@@ -56,80 +58,6 @@ class _AllIds:
 _ALL_IDS = _AllIds()
 
 
-@dataclass(frozen=True)
-class _PackedPlane:
-    """One (Y, X) label plane, stored as the zlib-compressed bounding box of its non-zero pixels."""
-
-    box: tuple[int, int, int, int]  # y0, y1, x0, x1 (end exclusive)
-    dtype: str
-    payload: bytes
-    ids: frozenset[int]  # the labels it may hold (a superset: lets a write skip decompressing it)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.payload) + 64  # payload plus a rough allowance for the object itself
-
-
-# Pixels of one user edit kept to tell later whether the edit is still in effect (not undone).
-_EDIT_SAMPLES = 1024
-
-
-@dataclass
-class _UserEdit:
-    """One user edit (a paint event) on one frame: the labels it replaced or put there, and a sample of its pixels.
-
-    The edit is "in effect" while at least one sampled pixel still holds the value the edit put there; napari's
-    undo puts the old values back (every recorded pixel changed, so old != new), which takes the edit out of
-    effect, and redo brings it back.
-    """
-
-    ids: set[int]
-    ys: np.ndarray
-    xs: np.ndarray
-    values: np.ndarray
-
-    @classmethod
-    def of(cls, ids: set[int], ys: np.ndarray, xs: np.ndarray, values: np.ndarray) -> _UserEdit:
-        if ys.size > _EDIT_SAMPLES:
-            keep = np.linspace(0, ys.size - 1, _EDIT_SAMPLES).astype(np.intp)
-            ys, xs, values = ys[keep], xs[keep], values[keep]
-        ids = {i for i in ids if i != 0}
-        return cls(ids, ys.astype(np.intp), xs.astype(np.intp), np.asarray(values, dtype=np.int64))
-
-    def in_effect(self, plane: np.ndarray) -> bool:
-        return bool(self.ys.size) and bool((plane[self.ys, self.xs] == self.values).any())
-
-
-def _pack(plane: np.ndarray, ids: Iterable[int]) -> _PackedPlane | None:
-    """Compress a non-negative (Y, X) label plane whose labels are among ``ids``; None when it is all 0.
-
-    zlib level 6: for a 2048 x 2048 frame with five cells of 30-50 px radius spread over the frame, about 3.5 kB
-    (level 1 gives 13 kB) in about 10 ms.
-    """
-    nonzero = plane != 0
-    rows = np.flatnonzero(nonzero.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(nonzero.any(axis=0))
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    crop = plane[y0:y1, x0:x1]
-    top = int(crop.max())
-    dtype = next((d for d in (np.uint8, np.uint16, np.uint32) if top <= np.iinfo(d).max), np.int64)
-    payload = zlib.compress(np.ascontiguousarray(crop, dtype=dtype).tobytes(), 6)
-    return _PackedPlane((y0, y1, x0, x1), np.dtype(dtype).str, payload, frozenset(int(i) for i in ids))
-
-
-def _unpack(packed: _PackedPlane | None, shape: tuple[int, int]) -> np.ndarray:
-    """The (Y, X) plane that :func:`_pack` compressed (all 0 for None)."""
-    if packed is None:
-        return np.zeros(shape, dtype=np.uint8)
-    y0, y1, x0, x1 = packed.box
-    dtype = np.dtype(packed.dtype)
-    plane = np.zeros(shape, dtype=dtype)
-    plane[y0:y1, x0:x1] = np.frombuffer(zlib.decompress(packed.payload), dtype=dtype).reshape(y1 - y0, x1 - x0)
-    return plane
-
-
 def _as_ids(obj_ids: Iterable[int]) -> np.ndarray:
     """Sorted unique int64 array of object ids; each must be an integer >= 1."""
     if isinstance(obj_ids, np.ndarray):
@@ -144,14 +72,6 @@ def _isin(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     if ids.size == 0:
         return np.zeros(values.shape, dtype=bool)
     return np.isin(values, ids)
-
-
-def _range_of(key: Any, size: int) -> range:
-    """The indices an int or slice in a history atom's key covers on an axis of length ``size``."""
-    if isinstance(key, slice):
-        return range(size)[key]
-    index = operator.index(key)
-    return range(index, index + 1)
 
 
 def next_free_label(layer: Any) -> int:
@@ -229,9 +149,9 @@ class LabelsWriter:
         self._shape = shape
         self._plane_shape = shape[-2:]
         # What the engine last wrote per frame, restricted to the ids it wrote there (see _store_record).
-        self._records: dict[int, _PackedPlane] = {}
+        self._records: dict[int, PackedPlane] = {}
         # Per frame: the user's edits (paint events) of ids the engine has not written/synced there since.
-        self._edits: dict[int, list[_UserEdit]] = {}
+        self._edits: dict[int, list[UserEdit]] = {}
         # Per frame: ids found in content of unknown origin (before the writer, or after layer.data was replaced).
         self._found: dict[int, set[int]] = {}
         # Per frame: ids whose state on that frame is known (written, synced, or scanned and found absent).
@@ -239,8 +159,7 @@ class LabelsWriter:
         self._known: dict[int, set[int] | _AllIds] = {}
         self._tracked: set[int] = set()
         self._writing = 0
-        self._group_depth = 0
-        self._group_cm: Any = None
+        self._undo = UndoGroup(layer, self._writing_guard)
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data)
 
@@ -357,10 +276,10 @@ class LabelsWriter:
         if old is None or old.ids <= record_ids:
             record = written
         else:
-            previous = _unpack(old, self._plane_shape)
+            previous = unpack_plane(old, self._plane_shape)
             record = np.where(written != 0, written, np.where(_isin(previous, ids), 0, previous))
             record_ids |= old.ids
-        packed = _pack(record, record_ids)
+        packed = pack_plane(record, record_ids)
         if packed is None:
             self._records.pop(t, None)
         else:
@@ -385,52 +304,24 @@ class LabelsWriter:
             if not edits:
                 del self._edits[t]
 
-    # ------------------------------------------------------------------ undo grouping
-
-    # napari groups history atoms into one undo item while ``layer._block_history`` is set. The public way to set it
-    # is the ``Labels.block_history()`` context manager; ``_begin_stroke``/``_commit_stroke`` do the same for brush
-    # strokes but are private. A propagation run writes frames across many Qt event-loop iterations, which no
-    # ``with`` block can span, so begin_undo_group()/end_undo_group() enter and exit that same public context
-    # manager by hand (``__enter__`` on begin, ``__exit__`` on end): the flag simply stays set in between.
-    # Caveats, inherent to napari's single staging list: a brush stroke the user finishes while a group is open
-    # commits the group's atoms so far together with the stroke and clears the flag (``_commit_stroke``), so the
-    # rest of the run gives one undo step per frame; an undo pressed while the group is open undoes the step
-    # before the run. The widget should therefore keep the layer in pan_zoom mode during a run -- not set
-    # ``layer.editable = False``, which makes napari clear the layer's whole undo history.
-    # The group is always committed, also when the run fails, so whatever was written can be undone.
+    # ------------------------------------------------------------------ undo grouping (see undo_group.py)
 
     @property
     def in_undo_group(self) -> bool:
         """True between :meth:`begin_undo_group` and the matching :meth:`end_undo_group`."""
-        return self._group_depth > 0
+        return self._undo.active
 
     def begin_undo_group(self) -> None:
         """Start collecting writes into one undo step (may span Qt event-loop iterations); calls nest."""
-        if self._group_depth == 0:
-            cm = self.layer.block_history()
-            cm.__enter__()
-            self._group_cm = cm
-        self._group_depth += 1
+        self._undo.begin()
 
     def end_undo_group(self) -> None:
         """Commit the writes since the outermost :meth:`begin_undo_group` as one undo step."""
-        if self._group_depth == 0:
-            raise RuntimeError("end_undo_group() without begin_undo_group()")
-        self._group_depth -= 1
-        if self._group_depth == 0:
-            cm, self._group_cm = self._group_cm, None
-            # Committing emits the layer's paint event for the whole group; it is the writer's, not the user's.
-            with self._writing_guard():
-                cm.__exit__(None, None, None)
+        self._undo.end()
 
-    @contextmanager
-    def one_undo_step(self) -> Iterator[None]:
+    def one_undo_step(self) -> AbstractContextManager[None]:
         """``with writer.one_undo_step(): ...`` -- all writes inside become one undo step (also on an error)."""
-        self.begin_undo_group()
-        try:
-            yield
-        finally:
-            self.end_undo_group()
+        return self._undo.one_step()
 
     # ------------------------------------------------------------------ corrections
 
@@ -438,7 +329,7 @@ class LabelsWriter:
         if self._writing:
             return
         try:
-            edits = self._edits_of(getattr(event, "value", None))
+            edits = edits_of(getattr(event, "value", None), self._shape, self.frame_axis, self.fixed_index)
         except Exception:  # noqa: BLE001 - an unknown history format must not break painting
             edits = None
         if edits is None:  # cannot tell what changed: every frame's state becomes unknown
@@ -447,67 +338,6 @@ class LabelsWriter:
         for t, edit in edits.items():
             if edit.ids:
                 self._edits.setdefault(t, []).append(edit)
-
-    def _edits_of(self, item: Any) -> dict[int, _UserEdit] | None:
-        """Per frame of the tracked plane, what one history item (a list of atoms) changed; None if unreadable."""
-        parts: dict[int, list[tuple[set[int], np.ndarray, np.ndarray, np.ndarray]]] = {}
-        lead = len(self._shape) - 2
-        for atom in item:
-            if hasattr(atom, "slice_key") and hasattr(atom, "old_values") and hasattr(atom, "new_value"):
-                # Mask-based edit (brush, fill, polygon): bounding box, mask (None: all of it), old values, new label.
-                ranges = [_range_of(k, n) for k, n in zip(atom.slice_key, self._shape, strict=True)]
-                if any(index not in ranges[axis] for axis, index in self.fixed_index.items()):
-                    continue
-                mask = None if atom.mask is None else np.asarray(atom.mask, dtype=bool)
-                old_values = np.asarray(atom.old_values)
-                if mask is not None:
-                    old_full = np.zeros(mask.shape, dtype=old_values.dtype)
-                    old_full[mask] = old_values.ravel()
-                else:
-                    old_full = old_values
-                for t in ranges[self.frame_axis]:
-                    select = tuple(
-                        ranges[axis].index(t if axis == self.frame_axis else self.fixed_index[axis])
-                        for axis in range(lead)
-                    )
-                    plane_old = old_full[select]
-                    plane_mask = np.ones(plane_old.shape, dtype=bool) if mask is None else mask[select]
-                    ys, xs = np.nonzero(plane_mask)
-                    if ys.size == 0:
-                        continue
-                    ids = {int(v) for v in np.unique(plane_old[plane_mask])} | {int(atom.new_value)}
-                    values = np.full(ys.size, int(atom.new_value), dtype=np.int64)
-                    ry, rx = ranges[-2], ranges[-1]
-                    parts.setdefault(t, []).append((ids, ys * ry.step + ry.start, xs * rx.step + rx.start, values))
-            elif isinstance(atom, tuple) and len(atom) == 3:
-                # data_setitem: (fancy indices, old values, new value(s)).
-                indices, old, new = atom
-                indices = [np.asarray(i).ravel() for i in indices]
-                if len(indices) != len(self._shape):
-                    return None
-                keep = np.ones(indices[0].shape, dtype=bool)
-                for axis, index in self.fixed_index.items():
-                    keep &= indices[axis] == index
-                old = np.asarray(old).ravel()
-                new = np.asarray(new)
-                new = np.broadcast_to(new, old.shape) if new.ndim == 0 else new.ravel()
-                frames, ys, xs = indices[self.frame_axis][keep], indices[-2][keep], indices[-1][keep]
-                old, new = old[keep], new[keep]
-                for t in np.unique(frames):
-                    here = frames == t
-                    ids = {int(v) for v in np.unique(old[here])} | {int(v) for v in np.unique(new[here])}
-                    parts.setdefault(int(t), []).append((ids, ys[here], xs[here], new[here].astype(np.int64)))
-            else:
-                return None
-        return {
-            t: _UserEdit.of(
-                set().union(*(p[0] for p in pieces)),
-                np.concatenate([p[1] for p in pieces]),
-                np.concatenate([p[2] for p in pieces]),
-                np.concatenate([p[3] for p in pieces]),
-            )
-            for t, pieces in parts.items()
-        }
 
     def _on_data(self, event: Any = None) -> None:
         # layer.data was replaced: the records may no longer describe it.
@@ -588,7 +418,7 @@ class LabelsWriter:
         if packed is None:
             affected = np.unique(current[cur_in])
         else:
-            record = _unpack(packed, self._plane_shape)
+            record = unpack_plane(packed, self._plane_shape)
             cur_t = np.where(cur_in, current, 0)
             rec_t = np.where(_isin(record, ids), record, 0)
             diff = cur_t != rec_t
@@ -620,9 +450,9 @@ class LabelsWriter:
         for t, packed in list(self._records.items()):
             if obj_id not in packed.ids:
                 continue
-            plane = _unpack(packed, self._plane_shape)
+            plane = unpack_plane(packed, self._plane_shape)
             plane[plane == obj_id] = 0
-            repacked = _pack(plane, packed.ids - {obj_id})
+            repacked = pack_plane(plane, packed.ids - {obj_id})
             if repacked is None:
                 del self._records[t]
             else:
@@ -654,7 +484,7 @@ class LabelsWriter:
 
     def recorded_frame(self, t: int) -> np.ndarray:
         """The engine's last write on frame ``t`` as a (Y, X) label plane (0 where it wrote nothing)."""
-        return _unpack(self._records.get(self._check_frame(t)), self._plane_shape)
+        return unpack_plane(self._records.get(self._check_frame(t)), self._plane_shape)
 
     def tracked_planes(self) -> TrackedPlanes:
         """The tracked (Y, X) plane of every frame as a lazy, read-only (T, Y, X) stack (for the exporters)."""
@@ -666,8 +496,7 @@ class LabelsWriter:
 
     def close(self) -> None:
         """Stop listening to the layer's events (an open undo group is committed)."""
-        while self._group_depth:
-            self.end_undo_group()
+        self._undo.close()
         for emitter, callback in ((self.layer.events.paint, self._on_paint), (self.layer.events.data, self._on_data)):
             try:
                 emitter.disconnect(callback)
