@@ -29,13 +29,11 @@ from typing import Any
 import numpy as np
 
 from .edit_detection import UserEdit, edits_of
+from .label_ids import as_ids, isin_ids, next_free_label
 from .packed_planes import PackedPlane, pack_plane, unpack_plane
 from .undo_group import UndoGroup
 
-__all__ = ["LabelsWriter", "next_free_label"]
-
-# Elements per block when a non-numpy (dask, zarr, ...) layer is scanned for its largest label.
-_MAX_BLOCK_ELEMENTS = 1 << 25
+__all__ = ["LabelsWriter", "TrackedPlanes", "next_free_label"]
 
 
 class _AllIds:
@@ -56,50 +54,6 @@ class _AllIds:
 
 
 _ALL_IDS = _AllIds()
-
-
-def _as_ids(obj_ids: Iterable[int]) -> np.ndarray:
-    """Sorted unique int64 array of object ids; each must be an integer >= 1."""
-    if isinstance(obj_ids, np.ndarray):
-        obj_ids = obj_ids.ravel().tolist()
-    ids = sorted({operator.index(i) for i in obj_ids})
-    if ids and ids[0] < 1:
-        raise ValueError(f"object ids must be >= 1 (0 is the background), got {ids[0]}")
-    return np.asarray(ids, dtype=np.int64)
-
-
-def _isin(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    if ids.size == 0:
-        return np.zeros(values.shape, dtype=bool)
-    return np.isin(values, ids)
-
-
-def next_free_label(layer: Any) -> int:
-    """The largest label in ``layer`` (a napari Labels layer, or a bare array) plus 1; 1 for an empty layer.
-
-    A numpy layer is reduced in one ``max()``; any other array (dask, zarr, xarray, tensorstore, ...) is read in
-    blocks along its first axis of at most 2**25 elements, so the pass needs bounded memory. A multiscale layer
-    is read at full resolution (level 0), since downsampling can drop small labels.
-    """
-    data = getattr(layer, "data", layer)
-    if getattr(layer, "multiscale", False):
-        data = data[0]
-    if isinstance(data, np.ndarray):
-        top = int(data.max()) if data.size else 0
-        return max(top, 0) + 1
-    shape = tuple(int(n) for n in data.shape)
-    if 0 in shape:
-        return 1
-    if len(shape) == 0:
-        return max(int(np.asarray(data)), 0) + 1
-    per_index = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    step = max(1, _MAX_BLOCK_ELEMENTS // max(per_index, 1))
-    top = 0
-    for start in range(0, shape[0], step):
-        block = np.asarray(data[start : start + step])
-        if block.size:
-            top = max(top, int(block.max()))
-    return top + 1
 
 
 class LabelsWriter:
@@ -202,7 +156,7 @@ class LabelsWriter:
 
     def check_ids_fit(self, obj_ids: Iterable[int]) -> None:
         """Raise ValueError unless every id in ``obj_ids`` fits the layer's dtype (uint8 cannot hold 300)."""
-        ids = _as_ids(obj_ids)
+        ids = as_ids(obj_ids)
         dtype = np.dtype(self.layer.data.dtype)
         if not np.issubdtype(dtype, np.integer):
             raise ValueError(f"the Labels layer has dtype {dtype}, not an integer dtype")
@@ -238,20 +192,20 @@ class LabelsWriter:
         ``frame_labels`` has the wrong shape or holds a value that is neither 0 nor in ``obj_ids``.
         """
         t = self._check_frame(t)
-        ids = _as_ids(obj_ids)
+        ids = as_ids(obj_ids)
         self.check_ids_fit(ids)
         new = np.asarray(frame_labels)
         if new.shape != self._plane_shape:
             raise ValueError(f"frame_labels has shape {new.shape}, the layer's (Y, X) planes are {self._plane_shape}")
         if new.dtype == bool or not np.issubdtype(new.dtype, np.integer):
             raise ValueError(f"frame_labels must be an integer label image, got dtype {new.dtype}")
-        new_tracked = _isin(new, ids)
+        new_tracked = isin_ids(new, ids)
         if np.count_nonzero(new_tracked) != np.count_nonzero(new):  # ids are >= 1, so new_tracked implies new != 0
             stray = new[(new != 0) & ~new_tracked]
             raise ValueError(f"frame_labels holds label {int(stray[0])}, which is not in obj_ids")
 
         current = self.read_frame(t)
-        writable = _isin(current, ids)
+        writable = isin_ids(current, ids)
         writable |= current == 0
         changed = current != new
         changed &= writable
@@ -277,7 +231,7 @@ class LabelsWriter:
             record = written
         else:
             previous = unpack_plane(old, self._plane_shape)
-            record = np.where(written != 0, written, np.where(_isin(previous, ids), 0, previous))
+            record = np.where(written != 0, written, np.where(isin_ids(previous, ids), 0, previous))
             record_ids |= old.ids
         packed = pack_plane(record, record_ids)
         if packed is None:
@@ -380,7 +334,7 @@ class LabelsWriter:
         The record stays as it is: a reported frame is reported again until :meth:`write_frame` or
         :meth:`mark_synced` updates it.
         """
-        ids = _as_ids(obj_ids)
+        ids = as_ids(obj_ids)
         out: dict[int, dict[int, np.ndarray]] = {}
         if ids.size == 0:
             return out
@@ -414,13 +368,13 @@ class LabelsWriter:
             # Nothing there and nothing written: every id's state on this frame is known (absent).
             self._known[t] = _ALL_IDS
             return {}
-        cur_in = _isin(current, ids)
+        cur_in = isin_ids(current, ids)
         if packed is None:
             affected = np.unique(current[cur_in])
         else:
             record = unpack_plane(packed, self._plane_shape)
             cur_t = np.where(cur_in, current, 0)
-            rec_t = np.where(_isin(record, ids), record, 0)
+            rec_t = np.where(isin_ids(record, ids), record, 0)
             diff = cur_t != rec_t
             affected = np.union1d(cur_t[diff], rec_t[diff])
         affected_ids = [int(i) for i in affected if i != 0]
@@ -438,10 +392,10 @@ class LabelsWriter:
         if obj_ids is None:
             edits = self._edits.get(t, [])
             obj_ids = self._tracked | self._found.get(t, set()) | set().union(*(edit.ids for edit in edits))
-        ids = _as_ids(obj_ids)
+        ids = as_ids(obj_ids)
         if ids.size:
             current = self.read_frame(t)
-            self._store_record(t, ids, np.where(_isin(current, ids), current, 0))
+            self._store_record(t, ids, np.where(isin_ids(current, ids), current, 0))
 
     def forget(self, obj_id: int) -> None:
         """Drop everything the writer remembers about ``obj_id`` (a removed object). The layer is not changed."""
