@@ -1,34 +1,15 @@
-"""LabelsWriter: scoped writes into a real napari Labels layer, undo/redo, correction detection, next_free_label.
+"""LabelsWriter: scoped writes into a real napari Labels layer, undo/redo, clearing an object, next_free_label.
 
-Arrays are (T, Y, X) or (T, Z, Y, X); pixel coordinates are (row, col) = (y, x).
+Arrays are (T, Y, X) or (T, Z, Y, X); pixel coordinates are (row, col) = (y, x). The detection of the user's
+corrections is tested in test_labels_writer_edits.py.
 """
 
 import numpy as np
 import pytest
+from labels_support import H, T, W, disc, two_cells, viewer_layer  # noqa: F401 - viewer_layer is a fixture
 from napari.layers import Labels
 
 from napari_sam2.plugin.labels_writer import LabelsWriter, next_free_label
-
-T, H, W = 5, 40, 40
-
-
-def disc(center, radius, label, shape=(H, W), dtype=np.int32):
-    yy, xx = np.ogrid[: shape[0], : shape[1]]
-    out = np.zeros(shape, dtype=dtype)
-    out[(yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2] = label
-    return out
-
-
-def two_cells(t):
-    """Engine output of frame t: object 1 moving right, object 2 still."""
-    return np.maximum(disc((12, 8 + 3 * t), 5, 1), disc((30, 30), 4, 2))
-
-
-@pytest.fixture
-def viewer_layer(make_napari_viewer):
-    viewer = make_napari_viewer()
-    layer = viewer.add_labels(np.zeros((T, H, W), dtype=np.int32), name="tracks")
-    return viewer, layer
 
 
 def test_write_touches_only_tracked_ids(viewer_layer):
@@ -149,85 +130,6 @@ def test_one_undo_step_context_manager_commits_also_on_error(viewer_layer):
         pass  # an empty group adds no undo step
     layer.redo()
     assert np.array_equal(layer.data[1], two_cells(1))
-
-
-def test_user_paint_fill_and_data_setitem_are_reported(viewer_layer):
-    _, layer = viewer_layer
-    writer = LabelsWriter(layer)
-    for t in range(T):
-        writer.write_frame(t, [1, 2], two_cells(t))
-    assert writer.edited_frames([1, 2]) == {}
-
-    layer.brush_size = 5
-    layer.paint((1, 20, 20), 1)  # brush: object 1 grows on frame 1
-    layer.fill((2, 30, 30), 0)  # fill with 0: object 2 erased entirely on frame 2
-    ys, xs = np.nonzero(two_cells(3) == 0)
-    layer.data_setitem((np.full(4, 3), ys[:4], xs[:4]), np.full(4, 9, np.int32))  # label 9 is not tracked
-    layer.data_setitem((np.array([4]), np.array([12]), np.array([20])), 0)  # one pixel erased from object 1
-
-    edits = writer.edited_frames([1, 2])
-    assert sorted(edits) == [1, 2, 4]
-    assert list(edits[1]) == [1]
-    assert np.array_equal(edits[1][1], np.asarray(layer.data[1]) == 1)
-    assert edits[1][1].sum() > (two_cells(1) == 1).sum()
-    assert list(edits[2]) == [2]
-    assert edits[2][2].shape == (H, W) and edits[2][2].dtype == bool and not edits[2][2].any()
-    assert list(edits[4]) == [1] and not edits[4][1][12, 20]
-    assert writer.edited_frames([2]).keys() == {2}  # asking for one object reports only its corrections
-    assert writer.edited_frames([1, 2]).keys() == {1, 2, 4}  # reported again until synced
-
-    writer.mark_synced(1)
-    writer.write_frame(2, [1, 2], two_cells(2))
-    assert writer.edited_frames([1, 2]).keys() == {4}
-    assert writer.edited_frames([1, 2], frames=[0, 4]).keys() == {4}
-
-
-def test_prompts_on_unwritten_frames_and_before_the_writer(viewer_layer):
-    _, layer = viewer_layer
-    layer.data[3] = disc((20, 20), 4, 5)  # painted before the writer existed
-    layer.data[4, 0:5, 0:5] = 9  # another label
-    writer = LabelsWriter(layer)
-    layer.brush_size = 3
-    layer.paint((1, 10, 10), 6)  # a prompt on a frame the engine never wrote
-
-    edits = writer.edited_frames([5, 6])
-    assert sorted(edits) == [1, 3]
-    assert list(edits[1]) == [6] and np.array_equal(edits[1][6], np.asarray(layer.data[1]) == 6)
-    assert list(edits[3]) == [5] and edits[3][5].sum() == (disc((20, 20), 4, 5) != 0).sum()
-    assert writer.edited_frames([7]) == {}
-
-    writer.write_frame(3, [5, 6], disc((20, 21), 4, 5))
-    writer.write_frame(1, [5, 6], disc((10, 10), 2, 6))
-    assert writer.edited_frames([5, 6]) == {}
-
-
-def test_undo_and_redo_of_user_edits_and_strict_comparison(viewer_layer):
-    _, layer = viewer_layer
-    writer = LabelsWriter(layer)
-    writer.write_frame(0, [1, 2], two_cells(0))
-    layer.brush_size = 3
-    layer.paint((0, 30, 10), 2)
-    assert writer.edited_frames([1, 2]).keys() == {0}
-    layer.undo()  # the user's stroke undone: the frame equals the engine's write again
-    assert writer.edited_frames([1, 2]) == {}
-    layer.redo()
-    assert writer.edited_frames([1, 2]).keys() == {0}
-    layer.undo()
-    layer.undo()  # the engine's write undone: not reported, except by the strict per-frame comparison
-    assert writer.edited_frames([1, 2]) == {}
-    strict = writer.edited_frames([1, 2], frames=[0, 1])
-    assert strict.keys() == {0}
-    assert sorted(strict[0]) == [1, 2] and not strict[0][1].any() and not strict[0][2].any()
-
-
-def test_direct_data_assignment_is_seen_only_when_frames_are_given(viewer_layer):
-    _, layer = viewer_layer
-    writer = LabelsWriter(layer)
-    writer.write_frame(0, [1], disc((10, 10), 3, 1))
-    layer.data[0, 30:33, 30:33] = 1  # no paint event
-    assert writer.edited_frames([1]) == {}
-    edits = writer.edited_frames([1], frames=range(T))
-    assert edits.keys() == {0} and edits[0][1][31, 31] and edits[0][1][10, 10]
 
 
 def test_forget_reset_and_records(viewer_layer):
@@ -359,41 +261,50 @@ def test_record_stays_small_for_big_frames():
     assert writer.edited_frames(range(1, 6)) == {}
 
 
-def test_painting_over_a_tracked_object_and_3d_brush(viewer_layer):
-    _, layer = viewer_layer
-    writer = LabelsWriter(layer)
-    for t in range(T):
-        writer.write_frame(t, [1, 2], two_cells(t))
+def test_clear_object_empties_only_the_tracked_plane_in_one_undo_step(make_napari_viewer):
+    viewer = make_napari_viewer()
+    data = np.zeros((3, 4, H, W), dtype=np.int32)
+    data[:, 0] = disc((10, 10), 3, 1)  # the same id in another Z plane: not tracked, must stay
+    layer = viewer.add_labels(data)
+    writer = LabelsWriter(layer, frame_axis=0, fixed_index={1: 2})
+    writer.write_frame(0, [1, 2], two_cells(0))
+    writer.write_frame(2, [1, 2], two_cells(2))
+    viewer.dims.set_current_step(1, 2)
     layer.brush_size = 3
-    layer.paint((0, 30, 30), 9)  # an untracked label painted over object 2: a correction of object 2
-    edits = writer.edited_frames([1, 2])
-    assert edits.keys() == {0} and list(edits[0]) == [2]
-    assert np.array_equal(edits[0][2], np.asarray(layer.data[0]) == 2)
-    assert edits[0][2].sum() < (two_cells(0) == 2).sum()
+    layer.paint((1, 2, 20, 20), 1)  # the user's object 1 on frame 1
+    before = np.array(layer.data)
+    writing = []
+    layer.events.paint.connect(lambda event: writing.append(writer.is_writing))
 
-    layer.n_edit_dimensions = 3  # one brush stroke across frames 1..3
-    layer.paint((2, 5, 35), 1)
-    edits = writer.edited_frames([1, 2])
-    assert edits.keys() == {0, 1, 2, 3}
-    for t in (1, 2, 3):
-        assert list(edits[t]) == [1] and edits[t][1][5, 35]
-    layer.undo()
-    assert writer.edited_frames([1, 2]).keys() == {0}
+    assert writer.clear_object(1) == [0, 1, 2]
+    after = np.array(layer.data)
+    expected = before.copy()
+    expected[:, 2][expected[:, 2] == 1] = 0
+    assert np.array_equal(after, expected)
+    assert np.array_equal(after[:, 0], before[:, 0]) and np.array_equal(after[:, 1], before[:, 1])
+    assert writing == [True]  # one paint event (one undo step), seen as the writer's own write
+    assert writer.tracked_ids == {2}  # forgotten
+    assert np.array_equal(writer.recorded_frame(0), np.where(two_cells(0) == 2, 2, 0))
+    assert writer.edited_frames([1, 2]) == {}
+    assert writer.clear_object(1) == []  # nothing left: no undo step either
+
+    layer.undo()  # one undo restores object 1 on every frame
+    assert np.array_equal(layer.data, before)
+    layer.redo()
+    assert np.array_equal(layer.data, after)
+    with pytest.raises(ValueError, match=">= 1"):
+        writer.clear_object(0)
 
 
-def test_replaced_data_is_rescanned_and_close_stops_listening(viewer_layer):
-    _, layer = viewer_layer
-    writer = LabelsWriter(layer)
-    writer.write_frame(0, [1], disc((10, 10), 3, 1))
-    assert writer.edited_frames([1]) == {}
-    replaced = np.zeros((T, H, W), dtype=np.int32)
-    replaced[0] = disc((10, 10), 3, 1)
-    replaced[3] = disc((20, 20), 3, 1)
-    layer.data = replaced  # a session loaded by hand, say: frame 3 now holds object 1 the engine did not write
-    assert writer.edited_frames([1]).keys() == {3}
-
-    writer.close()
-    layer.brush_size = 3
-    layer.paint((1, 30, 30), 1)
-    assert writer.edited_frames([1]).keys() == {3}  # the stroke on frame 1 was not seen
-    assert writer.edited_frames([1], frames=[1]).keys() == {1}
+def test_clear_object_along_z_and_inside_an_undo_group():
+    zyx = Labels(np.zeros((4, H, W), dtype=np.uint16))
+    writer = LabelsWriter(zyx)  # a (Z, Y, X) volume tracked along Z: every plane is a tracked plane
+    zyx.data[1] = disc((10, 10), 3, 7)
+    zyx.data[3] = np.maximum(disc((10, 10), 3, 7), disc((30, 30), 3, 8))
+    before = np.array(zyx.data)
+    with writer.one_undo_step():
+        writer.write_frame(0, [7], disc((20, 20), 3, 7))
+        assert writer.clear_object(7) == [0, 1, 3]
+    assert not (zyx.data == 7).any() and np.array_equal(zyx.data == 8, before == 8)
+    zyx.undo()  # the write and the clearing were one step
+    assert np.array_equal(zyx.data, before)

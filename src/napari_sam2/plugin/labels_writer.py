@@ -338,36 +338,52 @@ class LabelsWriter:
         out: dict[int, dict[int, np.ndarray]] = {}
         if ids.size == 0:
             return out
-        strict = frames is not None
         wanted = {int(i) for i in ids}
         candidates = range(self.n_frames) if frames is None else sorted({self._check_frame(t) for t in frames})
         for t in candidates:
-            if strict:
-                masks = self._compare(t, self.read_frame(t), ids, [])
-            else:
-                known = self._known.get(t, set())
-                unknown = [i for i in sorted(wanted) if i not in known]
-                edits = self._edits.get(t, [])
-                found = self._found.get(t, set())
-                if not unknown and not (wanted & found) and not any(wanted & edit.ids for edit in edits):
-                    continue
+            if frames is not None:
                 current = self.read_frame(t)
-                touched = set(found).union(*(edit.ids for edit in edits if edit.in_effect(current)))
-                check = (set(unknown) | touched) & wanted
-                if not check:
-                    continue
-                masks = self._compare(t, current, np.asarray(sorted(check), dtype=np.int64), unknown)
-            if masks:
-                out[t] = masks
+                affected = self._compare(t, current, ids, [])
+            else:
+                current, affected = self._edited_on(t, wanted)
+            if affected:
+                out[t] = {i: current == i for i in affected}
         return out
 
-    def _compare(self, t: int, current: np.ndarray, ids: np.ndarray, unknown: list[int]) -> dict[int, np.ndarray]:
-        """Masks of the ids among ``ids`` whose pixels on frame ``t`` differ from the record."""
+    def edited_ids(self, t: int, obj_ids: Iterable[int]) -> set[int]:
+        """The ids among ``obj_ids`` that the user has edited on frame ``t`` since the engine last wrote them there.
+
+        The rules of :meth:`edited_frames` with ``frames=None`` (edits in effect, content of unknown origin; not
+        undo of the engine's writes), looking at frame ``t`` only and without building masks: when nothing touched
+        the frame it reads nothing, otherwise it compares that one frame. Meant to be called before every write of
+        a frame, also during a propagation, so that the user's edits stay exactly as the user left them.
+        """
+        t = self._check_frame(t)
+        wanted = {int(i) for i in as_ids(obj_ids)}
+        return set(self._edited_on(t, wanted)[1]) if wanted else set()
+
+    def _edited_on(self, t: int, wanted: set[int]) -> tuple[np.ndarray | None, list[int]]:
+        """Non-strict check of frame ``t``: (its plane, or None if not read; the ids of ``wanted`` that differ)."""
+        known = self._known.get(t, set())
+        unknown = [i for i in sorted(wanted) if i not in known]
+        edits = self._edits.get(t, [])
+        found = self._found.get(t, set())
+        if not unknown and not (wanted & found) and not any(wanted & edit.ids for edit in edits):
+            return None, []
+        current = self.read_frame(t)
+        touched = set(found).union(*(edit.ids for edit in edits if edit.in_effect(current)))
+        check = (set(unknown) | touched) & wanted
+        if not check:
+            return current, []
+        return current, self._compare(t, current, np.asarray(sorted(check), dtype=np.int64), unknown)
+
+    def _compare(self, t: int, current: np.ndarray, ids: np.ndarray, unknown: list[int]) -> list[int]:
+        """The ids among ``ids`` whose pixels on frame ``t`` differ from the record; ``unknown`` ids become known."""
         packed = self._records.get(t)
         if packed is None and not current.any():
             # Nothing there and nothing written: every id's state on this frame is known (absent).
             self._known[t] = _ALL_IDS
-            return {}
+            return []
         cur_in = isin_ids(current, ids)
         if packed is None:
             affected = np.unique(current[cur_in])
@@ -383,7 +399,7 @@ class LabelsWriter:
             known.add(i)
             if i in affected_ids:
                 self._found.setdefault(t, set()).add(i)
-        return {i: current == i for i in affected_ids}
+        return affected_ids
 
     def mark_synced(self, t: int, obj_ids: Iterable[int] | None = None) -> None:
         """Accept the layer's current content of frame ``t`` for ``obj_ids`` as the engine's (e.g. after handing the
@@ -415,6 +431,26 @@ class LabelsWriter:
             self._drop_ids(t, [obj_id])
         for known in self._known.values():
             known.discard(obj_id)
+
+    def clear_object(self, obj_id: int) -> list[int]:
+        """Set every pixel of ``obj_id`` on the tracked plane of every frame to 0, then :meth:`forget` the id.
+
+        Only the tracked (Y, X) planes are read and changed (another Z plane of a (T, Z, Y, X) layer keeps its
+        pixels of the same id), one frame at a time. All frames change in ONE undo step (part of an open undo
+        group, if any), written as the writer's own write, so it is not taken for a user edit. Returns the frames
+        that changed.
+        """
+        obj_id = int(as_ids([obj_id])[0])
+        zero = np.dtype(self.layer.data.dtype).type(0)
+        changed: list[int] = []
+        with self.one_undo_step(), self._writing_guard():
+            for t in range(self.n_frames):
+                ys, xs = np.nonzero(self.read_frame(t) == obj_id)
+                if ys.size:
+                    self.layer.data_setitem(self._full_indices(t, ys, xs), zero)
+                    changed.append(t)
+        self.forget(obj_id)
+        return changed
 
     def reset(self) -> None:
         """Forget all records: every frame counts as never written and of unknown content."""
