@@ -8,8 +8,10 @@ import threading
 
 import pytest
 import torch
+from numerics import assert_same_computation
 
 from napari_sam2.model import cpu_workers
+from napari_sam2.model.memory_attention import RoPEAttention
 
 LINUX_OPENMP = sys.platform.startswith("linux") and "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
@@ -110,3 +112,17 @@ def test_workers_stay_single_threaded_after_torch_set_num_threads():
         "assert torch.get_num_threads() == 2\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+@torch.no_grad()
+def test_attention_on_workers_equals_attention_in_the_callers_thread(fresh_pools, monkeypatch):
+    """The CPU cross-attention's blocks give the same numbers on the workers as run one after the other in
+    the calling thread (with its intra-op threads): the same code, in another split over the cores."""
+    torch.manual_seed(0)
+    attention = RoPEAttention(256, rope_k_repeat=True, feat_sizes=(16, 16), kv_in_dim=64).eval()
+    gen = torch.Generator().manual_seed(2)
+    queries, memory = torch.randn(1, 256, 256, generator=gen), torch.randn(2, 3 * 256 + 8, 64, generator=gen)
+    on_workers = attention(queries, memory, memory, num_k_exclude_rope=8)
+    monkeypatch.setattr(cpu_workers, "_pool", lambda num_threads: None)
+    inline = attention(queries, memory, memory, num_k_exclude_rope=8)
+    assert_same_computation(on_workers, inline, what="cross-attention on workers vs inline")

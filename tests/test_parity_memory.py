@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from numerics import assert_same_computation
 from reference_support import max_abs_diff, reference_with_random_weights
 
 from napari_sam2.model import memory_attention
@@ -141,7 +142,7 @@ def test_rope_pointer_tokens_are_not_rotated():
     perm = torch.cat([torch.arange(spatial), spatial + torch.randperm(n_ptr, generator=gen)])
     a = model(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=n_ptr)
     b = model(curr, memory[perm], curr_pos, memory_pos[perm], num_obj_ptr_tokens=n_ptr)
-    assert max_abs_diff(a, b) <= 1e-5
+    assert_same_computation(a, b, what="pointer tokens permuted")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -156,7 +157,7 @@ def test_complex_rope_rotation_equals_the_real_form(dtype):
     complex_form = rotate_pairs(keys, cos, sin, cis)
     real_form = rotate_pairs(keys, cos, sin)
     assert complex_form.dtype == dtype and complex_form.shape == keys.shape
-    assert max_abs_diff(complex_form.float(), real_form.float()) <= 1e-6
+    assert_same_computation(complex_form, real_form, what=f"{dtype} keys, complex vs real RoPE")
     assert not torch.equal(complex_form, keys)  # it did rotate
     for frame in range(7):
         grid = slice(frame * 64, (frame + 1) * 64)
@@ -179,7 +180,7 @@ def test_cpu_value_folding_matches_plain_attention(monkeypatch, query_chunk, key
     folded = model(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=n_ptr)
     monkeypatch.setattr(RoPEAttention, "_folds_values", lambda self, q, v: False)
     plain = model(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=n_ptr)
-    assert max_abs_diff(folded, plain) <= 1e-5
+    assert_same_computation(folded, plain, what="folded vs plain attention")
     assert max_abs_diff(folded[:, 0], folded[:, 1]) > 1e-2  # two different objects: a real comparison
 
 
@@ -196,7 +197,7 @@ def test_one_frame_shared_by_a_batch_of_objects(monkeypatch, fold):
     repeated = model(curr[:, :1].expand(-1, 3, -1), memory, curr_pos[:, :1].expand(-1, 3, -1), memory_pos,
                      num_obj_ptr_tokens=n_ptr)
     assert shared.shape == repeated.shape == (256, 3, 256)
-    assert max_abs_diff(shared, repeated) <= 1e-5
+    assert_same_computation(shared, repeated, what="one shared frame vs the frame repeated")
     with pytest.raises(ValueError, match="batch sizes differ"):
         model(curr[:, :2], memory, curr_pos[:, :2], memory_pos, num_obj_ptr_tokens=n_ptr)
 
@@ -212,4 +213,4 @@ def test_cpu_feed_forward_in_blocks_equals_whole(monkeypatch, tokens):
     whole = layer.linear2(torch.relu(layer.linear1(x)))
     blocked = layer.feed_forward(x)
     assert blocked.shape == whole.shape
-    assert max_abs_diff(blocked, whole) <= 1e-6
+    assert_same_computation(blocked, whole, what="feed-forward in blocks vs whole")
