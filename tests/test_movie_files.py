@@ -370,6 +370,66 @@ def test_directory_that_is_not_zarr(tmp_path):
         open_movie(folder)
 
 
+# --------------------------------------------------------------------------- --axes against the file's axes
+
+def test_axes_that_move_y_and_x_of_a_tiff_are_refused(tmp_path):
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, _random((4, 12, 16)), photometric="minisblack", metadata={"axes": "TYX"})
+    with pytest.raises(MovieFileError) as info:
+        open_movie(path, axes="YXT")
+    message = str(info.value)
+    assert message.startswith("--axes YXT does not match the file's axes TYX (shape (4, 12, 16))")
+    assert "\n" not in message
+
+
+def test_axes_that_move_y_and_x_of_an_ome_zarr_are_refused(tmp_path):
+    path = tmp_path / "image.ome.zarr"
+    _ome_zarr(path, _random((4, 2, 10, 14)), "tcyx")
+    with pytest.raises(MovieFileError, match=r"--axes TCXY does not match the file's axes TCYX \(shape \(4, 2, 10, 14\)\)"):
+        open_movie(path, axes="TCXY")
+    assert open_movie(path, axes="ZCYX").axis == "Z"  # renaming the other axes is allowed
+
+
+def test_axes_may_rename_a_writers_default_labels(tmp_path):
+    """ImageJ calls an unlabelled stack's first axis C: --axes TYX makes it a time-lapse again."""
+    movie_data = _random((5, 12, 16), dtype=np.uint8)
+    path = tmp_path / "imagej.tif"
+    tifffile.imwrite(path, movie_data, imagej=True)
+    assert open_movie(path).shape == (1, 12, 16, 5)  # read as one frame of five channels
+    movie = open_movie(path, axes="TYX")
+    assert movie.shape == (5, 12, 16) and movie.axis == "T" and movie.axes_from == "given"
+    np.testing.assert_array_equal(_all_frames(movie), movie_data)
+
+
+def test_tiff_without_axes_accepts_any_axes(tmp_path):
+    """A (Y, X, T) array saved with no axes: tifffile's guess (QYX) is not the file's word, so --axes wins."""
+    yxt = _random((12, 16, 5))
+    path = tmp_path / "yxt.tif"
+    tifffile.imwrite(path, yxt, photometric="minisblack")
+    default = open_movie(path)
+    assert default.axes == "TYX" and default.axes_from == "assumed"
+    movie = open_movie(path, axes="YXT")
+    assert movie.shape == (5, 12, 16)
+    np.testing.assert_array_equal(_all_frames(movie), np.moveaxis(yxt, 2, 0))
+
+
+def test_axes_hint_says_how_the_axes_were_chosen(tmp_path):
+    path = tmp_path / "movie.npy"
+    np.save(path, _random((4, 12, 16)))
+    given = open_movie(path, axes="YXT")
+    assert (given.axes, given.axes_from, given.file_shape) == ("YXT", "given", (4, 12, 16))
+    assert given.layout() == "16 frames of 4 x 12 (Y x X)"
+    assert given.axes_hint() == ("with --axes YXT, movie.npy (4, 12, 16) is read as 16 frames of 4 x 12 (Y x X) "
+                                 "along T: are the axes right?")
+    assumed = open_movie(path)
+    assert assumed.axes_from == "assumed" and "records no axes, so TYX was assumed" in assumed.axes_hint()
+    tiff = tmp_path / "movie.tif"
+    tifffile.imwrite(tiff, _random((4, 12, 16)), photometric="minisblack", metadata={"axes": "ZYX"})
+    from_file = open_movie(tiff)
+    assert from_file.axes_from == "file" and from_file.axes_hint() == ""
+    assert from_file.layout() == "4 slices of 12 x 16 (Y x X)"
+
+
 # --------------------------------------------------------------------------- errors
 
 def test_missing_file(tmp_path):

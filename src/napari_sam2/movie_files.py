@@ -3,8 +3,10 @@
 Nothing is loaded up front: TIFFs are memory-mapped when their layout allows it (uncompressed,
 contiguous) and otherwise read through tifffile's zarr view; ``.npy`` files are memory-mapped; zarr
 stores are opened as they are. Axes come from the file's metadata (OME / ImageJ / tifffile) or, when
-there is none, from napari's convention (T, Y, X[, C]); ``axes=`` overrides both. The tracked axis is
-time or, for a Z-stack, Z; both at once is refused with a message saying what to do.
+there is none, from napari's convention (T, Y, X[, C]); ``axes=`` overrides both, but may only rename
+the non-spatial axes of a file that records its axes: moving Y and X away from where the file's metadata
+puts them is refused (it would read the planes sideways). The tracked axis is time or, for a Z-stack, Z;
+both at once is refused with a message saying what to do.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 TRACK_AXES = "TZQI"  # tifffile: T time, Z depth, Q unknown, I image sequence
 CHANNEL_AXES = "CS"  # tifffile: C channel, S samples (RGB)
 NAPARI_DEFAULT_AXES = {2: "YX", 3: "TYX", 4: "TYXC"}
+GUESSED_TIFF_AXES = "QIYX"  # what tifffile names axes with when the file records none: Q unknown, I sequence
+AXES_FROM_FILE, AXES_GIVEN, AXES_ASSUMED = "file", "given", "assumed"
 
 
 class MovieFileError(ValueError):
@@ -27,15 +31,40 @@ class MovieFileError(ValueError):
 
 @dataclass
 class Movie:
-    """A lazily read movie in napari order (T, Y, X[, C]); ``axis`` names the tracked axis ("T" or "Z")."""
+    """A lazily read movie in napari order (T, Y, X[, C]); ``axis`` names the tracked axis ("T" or "Z").
+
+    ``axes`` are the file's axes as read (``file_shape`` their sizes) and ``axes_from`` where they came from:
+    the file's metadata, the caller (``axes=``), or napari's convention assumed for a file without any.
+    """
 
     data: Any
     axis: str
     source: str
+    axes: str = ""
+    axes_from: str = AXES_FROM_FILE
+    file_shape: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
+
+    def layout(self) -> str:
+        """How the file was read, e.g. ``4 frames of 96 x 80 (Y x X)``; used in messages about misfits."""
+        count, height, width = self.shape[:3]
+        unit = "slices" if self.axis == "Z" else "frames"
+        return f"{count} {unit} of {height} x {width} (Y x X)"
+
+    def axes_hint(self) -> str:
+        """A sentence for errors caused by a frame shape that does not fit, when wrong axes may be the cause:
+        empty when the axes come from the file's metadata, else how the axes were chosen and what they gave."""
+        name = Path(self.source).name
+        if self.axes_from == AXES_GIVEN:
+            return (f"with --axes {self.axes}, {name} {self.file_shape} is read as {self.layout()} along "
+                    f"{self.axis}: are the axes right?")
+        if self.axes_from == AXES_ASSUMED:
+            return (f"{name} records no axes, so {self.axes} was assumed and it is read as {self.layout()} along "
+                    f"{self.axis}: pass --axes if that is wrong")
+        return ""
 
 
 class ReorderedFrames:
@@ -93,39 +122,67 @@ def open_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
         raise MovieFileError(f"input {path} does not exist")
     name = path.name.lower()
     if name.endswith((".tif", ".tiff")):
-        array, found_axes = _open_tiff(path)
+        array, found_axes, recorded = _open_tiff(path)
     elif name.endswith(".npy"):
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-        found_axes = NAPARI_DEFAULT_AXES.get(array.ndim, "")
+        found_axes, recorded = NAPARI_DEFAULT_AXES.get(array.ndim, ""), False
     elif path.is_dir() or name.endswith(".zarr"):
-        array, found_axes = _open_zarr(path)
+        array, found_axes, recorded = _open_zarr(path)
     else:
         raise MovieFileError(f"cannot read {path}: use a TIFF / OME-TIFF (.tif, .tiff), a .npy file or a zarr store")
-    axes = (axes or found_axes).upper()
+    shape = tuple(int(n) for n in array.shape)
+    if axes:
+        axes, axes_from = axes.upper(), AXES_GIVEN
+        if recorded and not _same_planes(axes, found_axes):
+            raise MovieFileError(
+                f"--axes {axes} does not match the file's axes {found_axes} (shape {shape}): --axes may rename the "
+                f"axes other than Y and X, but not move those; leave --axes out to use {found_axes}")
+    else:
+        axes, axes_from = found_axes, (AXES_FROM_FILE if recorded else AXES_ASSUMED)
     if len(axes) != array.ndim:
-        raise MovieFileError(f"{path} has {array.ndim} axes {tuple(array.shape)}, but the axes are {axes!r}; "
+        raise MovieFileError(f"{path} has {array.ndim} axes {shape}, but the axes are {axes!r}; "
                              f"pass --axes with one letter per axis, e.g. {NAPARI_DEFAULT_AXES.get(array.ndim, 'TYX')}")
-    track, channel = _roles(axes, array.shape, path)
+    track, channel = _roles(axes, shape, path)
     data = array
     if track is None or axes != "".join(a for a in (track, "Y", "X", channel) if a):
         data = ReorderedFrames(array, axes, track, channel)
-    return Movie(data=data, axis="Z" if track == "Z" else "T", source=str(path))
+    return Movie(data=data, axis="Z" if track == "Z" else "T", source=str(path), axes=axes, axes_from=axes_from,
+                 file_shape=shape)
 
 
-def _open_tiff(path: Path) -> tuple[Any, str]:
+def _same_planes(axes: str, other: str) -> bool:
+    """Whether two axes strings of one array put Y and X at the same places (the other axes may differ).
+
+    Writers often label the other axes wrongly (ImageJ and OME default to C, T is saved as Z), so those may
+    be renamed; but a TIFF page or an NGFF array's Y x X plane is where the file says it is.
+    """
+    return len(axes) == len(other) and all(a == b for a, b in zip(axes, other) if a in "YX" or b in "YX")
+
+
+def _open_tiff(path: Path) -> tuple[Any, str, bool]:
+    """The TIFF's full-resolution series, its axes and whether the file records them.
+
+    Without metadata tifffile names the page's Y and X and calls the rest Q (unknown) or I (sequence);
+    those are read in napari's order when it puts Y and X in the same places.
+    """
     import tifffile
     import zarr
 
     with tifffile.TiffFile(path) as tif:
         axes = tif.series[0].axes
+    recorded = bool(set(axes) - set(GUESSED_TIFF_AXES))
+    if not recorded and _same_planes(NAPARI_DEFAULT_AXES.get(len(axes), ""), axes):
+        axes = NAPARI_DEFAULT_AXES[len(axes)]
     try:
-        return tifffile.memmap(path, mode="r"), axes
+        array = tifffile.memmap(path, mode="r")
     except ValueError:  # compressed or tiled: read through tifffile's zarr store, still one frame at a time
         # level 0 (full resolution): for a pyramidal file the store of all levels would be a zarr group
-        return zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r"), axes
+        array = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
+    return array, axes, recorded
 
 
-def _open_zarr(path: Path) -> tuple[Any, str]:
+def _open_zarr(path: Path) -> tuple[Any, str, bool]:
+    """The store's array (full resolution of an OME-Zarr), its axes and whether NGFF metadata names them."""
     import zarr
 
     try:
@@ -145,7 +202,7 @@ def _open_zarr(path: Path) -> tuple[Any, str]:
                 raise MovieFileError(f"zarr group {path} holds {len(arrays)} arrays {arrays}; "
                                      "point to the one to track (e.g. store.zarr/0)")
             node = node[arrays[0]]
-    return node, axes or NAPARI_DEFAULT_AXES.get(node.ndim, "")
+    return node, axes or NAPARI_DEFAULT_AXES.get(node.ndim, ""), bool(axes)
 
 
 def _roles(axes: str, shape: tuple[int, ...], path: Path) -> tuple[str | None, str | None]:
