@@ -40,10 +40,10 @@ def object_mask(widget, frame, obj_id) -> np.ndarray:
 
 
 def run(qtbot, widget, **kwargs):
-    worker = widget.propagate(**kwargs)
-    assert worker is not None, widget.status.text()
+    job = widget.propagate(**kwargs)
+    assert job is not None, widget.status.text()
     wait_idle(qtbot, widget)
-    return worker
+    return job
 
 
 def test_widget_is_contributed_by_the_plugin_manifest(make_napari_viewer):
@@ -146,7 +146,8 @@ def test_painted_mask_becomes_a_mask_prompt(widget, qtbot):
     prompt = widget.controller.session.prompts(obj_id)[1]
     assert prompt.kind == "mask"
     assert prompt.mask.sum() == 120 and prompt.mask[30:42, 20:30].all()
-    assert np.array_equal(labels_of(widget)[1] == obj_id, object_mask(widget, 1, obj_id))
+    assert np.array_equal(labels_of(widget)[1] == obj_id, prompt.mask)  # the layer keeps the user's exact pixels
+    assert not widget.controller.writer.edited_ids(1, [obj_id])  # the model has it: no longer a pending edit
 
 
 def test_painted_mask_needs_pixels(widget, qtbot):
@@ -198,8 +199,12 @@ def test_cancel_mid_run_leaves_layer_and_session_consistent(make_napari_viewer, 
     widget, _ = open_widget(viewer, model, cells_movie(24))
     click(widget, 0, (40, 30))
     wait_idle(qtbot, widget)
-    worker = widget.propagate(direction="forward", start=0)
-    worker.yielded.connect(lambda _: widget.cancel())  # cancel as soon as the first frame arrives
+    def cancel_once(_frame: int) -> None:  # cancel as soon as the first frame is written
+        widget.frame_written.disconnect(cancel_once)
+        widget.cancel()
+
+    widget.frame_written.connect(cancel_once)
+    assert widget.propagate(direction="forward", start=0) is not None
     wait_idle(qtbot, widget)
     assert "Cancelled" in widget.status.text()
     written = labels_of(widget)
@@ -228,7 +233,7 @@ def test_painted_correction_becomes_a_prompt_before_repropagation(widget, qtbot)
     prompt = widget.controller.session.prompts(1)[4]
     assert prompt.kind == "mask" and prompt.mask.sum() == 64 and prompt.mask[5:13, 5:13].all()
     assert "Painted corrections used as prompts: object 1 on frame 4" in widget.status.text()
-    assert np.array_equal(labels_of(widget)[4] == 1, object_mask(widget, 4, 1))
+    assert np.array_equal(labels_of(widget)[4] == 1, prompt.mask)  # the user's exact pixels stay
     run(qtbot, widget, direction="forward", start=0)  # a correction is used once, then it is the session's
     assert "Painted corrections" not in widget.status.text()
 
@@ -312,8 +317,8 @@ def test_exports_tiff_ctc_and_tracks_layer(widget, qtbot, tmp_path):
 def test_load_model_from_a_checkpoint_file_in_a_worker(make_napari_viewer, qtbot, tiny_checkpoint):
     viewer = make_napari_viewer()
     widget = SAM2TrackingWidget(viewer)
-    worker = widget.load_model(str(tiny_checkpoint), "cpu")
-    assert worker is not None and widget.busy
+    job = widget.load_model(str(tiny_checkpoint), "cpu")
+    assert job is not None and widget.busy
     wait_idle(qtbot, widget)
     assert widget.controller.model is not None
     assert "config sam2.1_hiera_t" in widget.model_label.text() and "on cpu" in widget.model_label.text()
@@ -336,6 +341,7 @@ def test_changing_the_model_keeps_every_prompt(widget, qtbot):
     wait_idle(qtbot, widget)
     before = widget.controller.session.prompt_history(1)
     widget.use_model(small_model())
+    wait_idle(qtbot, widget)
     session = widget.controller.session
     history = session.prompt_history(1)
     assert list(history) == list(before) == [2]

@@ -38,6 +38,7 @@ def dock(viewer, model, layer, track_axis: int = 0) -> SAM2TrackingWidget:
     """Dock the widget on a viewer that already holds ``layer`` (and whose sliders are already set), then give it
     the model and the layer, as a user would: the target takes the other axes' indices from the viewer's sliders."""
     widget = SAM2TrackingWidget(viewer)
+    widget.dwell.delay_ms = None  # no encoding ahead in these tests
     viewer.window.add_dock_widget(widget)
     widget.use_model(model)
     widget.set_image_layer(layer, track_axis)
@@ -59,11 +60,11 @@ def click_and_wait(qtbot, widget, frame: int, yx=BLOB, **kwargs) -> None:
 
 
 def run(qtbot, widget, **kwargs):
-    worker = widget.propagate(**kwargs)
-    assert worker is not None, widget.status.text()
+    job = widget.propagate(**kwargs)
+    assert job is not None, widget.status.text()
     wait_idle(qtbot, widget)
     assert not widget.status.text().startswith("Error"), widget.status.text()
-    return worker
+    return job
 
 
 def assert_frame_is_engine_result(widget, labels: np.ndarray, frame: int, plane: tuple) -> None:

@@ -18,6 +18,7 @@ def open_widget(viewer, model, image: np.ndarray, rgb: bool | None = None, track
     """Add ``image`` to ``viewer``, dock the widget, give it ``model`` and a new output layer."""
     layer = viewer.add_image(image, rgb=rgb, **layer_kwargs)
     widget = SAM2TrackingWidget(viewer)
+    widget.dwell.delay_ms = None  # no encoding ahead unless a test asks for it (it would keep the widget busy)
     viewer.window.add_dock_widget(widget)
     widget.use_model(model)
     widget.set_image_layer(layer, track_axis)

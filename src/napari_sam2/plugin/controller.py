@@ -1,14 +1,20 @@
 """What the dock widget does, without Qt: prompts in, masks out, through one :class:`~napari_sam2.TrackingSession`.
 
-The widget calls the ``compute_*`` / ``propagation`` methods in a worker thread (they run the model) and everything
-else in the GUI thread (they read or write napari layers). One worker runs at a time, so the session is never used
-from two threads at once. Axis order is napari's: the image layer's leading axes, then (row, col) = (y, x).
+Two kinds of methods. *Work* (``compute_prompt``, ``mask_writes``, ``propagation``, ``replayed``, ``loaded``) runs
+in a worker thread on the session passed to it and returns :class:`FrameWrite` s; it never touches a napari layer or
+the controller's own state, so a job whose target went away cannot disturb the new one. Everything else runs in the
+GUI thread: it reads the prompt layers, owns the session and writes results through the
+:class:`~napari_sam2.plugin.labels_writer.LabelsWriter` (undo-able, scoped to the tracked objects, and leaving the
+user's edits exactly as the user left them: see :meth:`TrackingController.apply`).
+
+Axis order is napari's: the image layer's leading axes, then (row, col) = (y, x).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,16 +28,19 @@ from .track_target import TargetError, TrackTarget
 
 @dataclass(frozen=True)
 class FrameWrite:
-    """A label image (Y, X) for frame ``frame`` to be written for the objects ``obj_ids`` only.
+    """A label image (Y, X) for ``frame``, to be written for the objects ``obj_ids`` only.
 
-    ``focus`` is the object a prompt was just given for; the frame's other objects are written too (where objects
-    overlap the higher logit wins) unless the user has painted them there since, which is kept for propagation.
+    ``focus`` is the object a prompt was just given for: it is written as computed. The frame's other objects are
+    written too (where objects overlap the higher logit wins) unless the user has edited them there since the engine
+    last wrote them. ``exact`` maps objects whose prompt on this frame is a painted mask to that mask: the layer keeps
+    the user's exact pixels there (the model only sees a 256 x 256 version of it).
     """
 
     frame: int
     obj_ids: tuple[int, ...]
     labels: np.ndarray
     focus: int | None = None
+    exact: Mapping[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,12 +63,6 @@ class TrackingController:
         self._sent: dict[PromptKey, FramePrompts] = {}  # what the session was last given from the prompt layers
 
     # ------------------------------------------------------------------ set-up (GUI thread)
-
-    def set_model(self, model: Any) -> None:
-        """Use ``model`` from now on; a running session is rebuilt on it with every prompt replayed."""
-        self.model = model
-        if self.session is not None:
-            self.session = self._replayed(self.session)
 
     def set_target(self, target: TrackTarget | None) -> None:
         """Track ``target`` from now on; the old session (if any) ends, results already written stay in the layer."""
@@ -87,42 +90,25 @@ class TrackingController:
                 self.writer.mark_synced(t, present[present != 0].tolist())
 
     def ensure_session(self) -> TrackingSession:
-        """The session, created on first use from the model and target."""
+        """The session, created on first use from the model and target (GUI thread: it reads the contrast limits)."""
         if self.model is None:
             raise RuntimeError("no model loaded yet: choose a model and press Load")
         if self.target is None:
             raise RuntimeError("no image to track: choose an image layer")
         if self.session is None:
             self.target.refresh_contrast()  # the display range when tracking starts is what the model sees
-            self.session = TrackingSession(self.model, self.target.frames, contrast_limits=self.target.contrast_limits,
-                                           rgb=self.target.rgb or None)
+            self.session = self.new_session(self.model)
         return self.session
 
-    def restart(self) -> list[FrameWrite]:
-        """Rebuild the session with the image layer's current contrast limits, replaying every prompt (clicks, boxes
-        and painted masks); the prompted frames' new results. Worker thread."""
-        if self.session is None:
-            return []
-        self.session = self._replayed(self.session)
-        return self._prompted_frame_writes()
+    def new_session(self, model: Any) -> TrackingSession:
+        """A fresh session on the target with ``model`` and the target's contrast limits as last read."""
+        return TrackingSession(model, self.target.frames, contrast_limits=self.target.contrast_limits,
+                               rgb=self.target.rgb or None)
 
-    def load_session(self, path: Any) -> list[FrameWrite]:
-        """Replace the session by a saved one (on the target's frames, with the intensities saved in the file); the
-        prompted frames' results. Worker thread."""
-        self.session = TrackingSession.load(path, self.target.frames, self.model)
-        return self._prompted_frame_writes()
-
-    def _prompted_frame_writes(self) -> list[FrameWrite]:
-        return [self._object_write(frame, obj_id) for obj_id in self.session.obj_ids
-                for frame in self.session.prompted_frames(obj_id)]
-
-    def _replayed(self, old: TrackingSession) -> TrackingSession:
-        self.session = None
-        new = self.ensure_session()
-        history = [(frame, obj_id, prompt) for obj_id in old.obj_ids
-                   for frame, steps in old.prompt_history(obj_id).items() for prompt in steps]
-        new.restore_prompts(history)
-        return new
+    @property
+    def label_dtype(self) -> np.dtype:
+        """The output layer's dtype (read in the GUI thread and handed to the work methods)."""
+        return np.dtype(self.writer.layer.data.dtype) if self.writer is not None else np.dtype(np.uint32)
 
     # ------------------------------------------------------------------ prompts (GUI thread)
 
@@ -133,104 +119,156 @@ class TrackingController:
         empty = FramePrompts(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), None)
         return [(key, prompts.get(key, empty)) for key in keys if not prompts.get(key, empty).same_as(self._sent.get(key))]
 
-    def collect_corrections(self, obj_ids: list[int]) -> list[Correction]:
-        """Masks the user painted or erased for ``obj_ids`` since the engine last wrote them (accepted as synced)."""
-        if self.writer is None or not obj_ids:
-            return []
-        corrections = []
-        for frame, masks in sorted(self.writer.edited_frames(obj_ids).items()):
-            for obj_id, mask in sorted(masks.items()):
-                corrections.append(Correction(frame, obj_id, mask))
-            self.writer.mark_synced(frame, list(masks))
-        return corrections
-
-    def painted_mask(self, frame: int, obj_id: int) -> Correction:
-        """What the Labels layer holds for ``obj_id`` on ``frame``, to be sent as a mask prompt."""
-        if self.writer is None:
-            raise RuntimeError("no Labels layer to take the mask from")
-        mask = self.writer.read_frame(frame) == obj_id
-        if not mask.any():
-            raise ValueError(f"object {obj_id} has no pixels on frame {frame}; paint it in the Labels layer first")
-        self.writer.mark_synced(frame, [obj_id])
-        return Correction(frame, obj_id, mask)
-
-    # ------------------------------------------------------------------ model work (worker thread)
-
-    def compute_prompt(self, key: PromptKey, prompts: FramePrompts) -> FrameWrite:
-        """Give one object's clicks / box on one frame to the session; the frame's new mask of that object."""
-        frame, obj_id = key
-        session = self.ensure_session()
-        # Recorded first: a prompt the session refuses (e.g. a click outside the image) is reported once, not retried.
+    def note_sent(self, key: PromptKey, prompts: FramePrompts) -> None:
+        """Record that ``prompts`` are being given to the session (before the job runs: a prompt the session refuses,
+        e.g. a click outside the image, is then reported once, not retried)."""
         if prompts.empty:
             self._sent.pop(key, None)
         else:
             self._sent[key] = prompts
+
+    def mark_prompts_sent(self, prompts: dict[PromptKey, FramePrompts]) -> None:
+        """Record ``prompts`` as already given to the session (after a session file was loaded)."""
+        self._sent = dict(prompts)
+
+    def collect_corrections(self, obj_ids: list[int]) -> list[Correction]:
+        """Masks the user painted or erased for ``obj_ids`` since the engine last wrote them. They stay pending
+        until a job has given them to the session and written them back (:meth:`apply` of its ``exact`` masks)."""
+        if self.writer is None or not obj_ids:
+            return []
+        return [Correction(frame, obj_id, mask) for frame, masks in sorted(self.writer.edited_frames(obj_ids).items())
+                for obj_id, mask in sorted(masks.items())]
+
+    def painted_mask(self, frame: int, obj_id: int) -> Correction:
+        """What the Labels layer holds for ``obj_id`` on ``frame``, to be sent as a mask prompt."""
+        if self.writer is None:
+            raise RuntimeError("no Labels layer to take the mask from; pick or create one")
+        mask = self.writer.read_frame(frame) == obj_id
+        if not mask.any():
+            raise ValueError(f"object {obj_id} has no pixels on frame {frame}; paint it in the Labels layer first "
+                             "(or click on it)")
+        return Correction(frame, obj_id, mask.copy())
+
+    # ------------------------------------------------------------------ work (worker thread, on a given session)
+
+    @staticmethod
+    def compute_prompt(session: TrackingSession, key: PromptKey, prompts: FramePrompts,
+                       dtype: np.dtype) -> FrameWrite:
+        """Give one object's clicks / box on one frame to ``session``; the frame's new labels (that object in focus)."""
+        frame, obj_id = key
         if prompts.empty:
-            if obj_id in session.obj_ids and frame in session.prompted_frames(obj_id):
-                session.clear_prompts(frame, obj_id)
+            if obj_id not in session.obj_ids or frame not in session.prompted_frames(obj_id):
+                return _frame_write(session, frame, obj_id, dtype)
+            output = session.clear_prompts(frame, obj_id)
         elif prompts.box is not None:
-            session.add_box(frame, obj_id, prompts.box, prompts.points, prompts.labels)
+            output = session.add_box(frame, obj_id, prompts.box, prompts.points, prompts.labels)
         else:
-            session.add_points(frame, obj_id, prompts.points, prompts.labels)
-        return self._object_write(frame, obj_id)
+            output = session.add_points(frame, obj_id, prompts.points, prompts.labels)
+        _, obj_ids, logits = output
+        return _frame_write(session, frame, obj_id, dtype, (obj_ids, logits))
 
-    def compute_masks(self, corrections: list[Correction]) -> list[FrameWrite]:
-        """Give painted masks to the session as mask prompts; the frames' new masks of those objects."""
-        session = self.ensure_session()
+    @staticmethod
+    def mask_writes(session: TrackingSession, corrections: list[Correction], dtype: np.dtype) -> Iterator[FrameWrite]:
+        """Give painted masks to ``session`` as mask prompts, one by one; each frame's new labels."""
         for c in corrections:
-            session.add_mask(c.frame, c.obj_id, c.mask)
-        return [self._object_write(c.frame, c.obj_id) for c in corrections]
+            _, obj_ids, logits = session.add_mask(c.frame, c.obj_id, c.mask)
+            yield _frame_write(session, c.frame, c.obj_id, dtype, (obj_ids, logits))
 
-    def propagation(self, start: int, direction: str, first: int, last: int) -> Iterator[FrameWrite]:
+    @staticmethod
+    def propagation(session: TrackingSession, start: int, direction: str, first: int, last: int,
+                    dtype: np.dtype) -> Iterator[FrameWrite]:
         """Track every prompted object from ``start`` over frames ``first..last``, frame by frame."""
-        session = self.ensure_session()
         for obj_id in session.obj_ids:  # objects whose prompts were all removed cannot be tracked
             if not session.prompted_frames(obj_id):
                 session.remove_object(obj_id)
         for run_start, run_direction, span in _runs(start, direction, first, last):
-            for frame, obj_ids, logits in session.propagate(run_start, run_direction, span):
-                labels = labels_from_logits(obj_ids, logits, dtype=self._label_dtype())
-                yield FrameWrite(frame, tuple(obj_ids), labels)
+            with closing(session.propagate(run_start, run_direction, span)) as frames:  # closed here on cancel
+                for frame, obj_ids, logits in frames:
+                    yield FrameWrite(frame, tuple(obj_ids), labels_from_logits(obj_ids, logits, dtype=dtype),
+                                     exact=_mask_prompts(session, frame))
+
+    @staticmethod
+    def replayed(old: TrackingSession, new: TrackingSession, dtype: np.dtype) -> list[FrameWrite]:
+        """Give every prompt of ``old`` (clicks, boxes and painted masks, in order) to the fresh session ``new``;
+        the prompted frames' results."""
+        history = [(frame, obj_id, prompt) for obj_id in old.obj_ids
+                   for frame, steps in old.prompt_history(obj_id).items() for prompt in steps]
+        new.restore_prompts(history)
+        return _prompted_frame_writes(new, dtype)
+
+    @staticmethod
+    def loaded(path: Any, frames: Any, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
+        """A saved session re-created on ``frames`` (with the intensities saved in the file); its prompted frames."""
+        session = TrackingSession.load(path, frames, model)
+        return session, _prompted_frame_writes(session, dtype)
 
     def frames_in_run(self, start: int, direction: str, first: int, last: int) -> int:
         """How many frames :meth:`propagation` visits (for the progress bar)."""
         return sum(span + 1 for _, _, span in _runs(start, direction, first, last))
 
-    def _object_write(self, frame: int, obj_id: int) -> FrameWrite:
-        obj_ids, logits = self.session.frame_logits(frame)
-        labels = labels_from_logits(obj_ids, logits, dtype=self._label_dtype())
-        return FrameWrite(frame, tuple(sorted({*obj_ids, obj_id})), labels, focus=obj_id)
-
-    def _label_dtype(self) -> np.dtype:
-        return np.dtype(self.writer.layer.data.dtype) if self.writer is not None else np.dtype(np.uint32)
-
     # ------------------------------------------------------------------ writing (GUI thread)
 
-    def apply(self, write: FrameWrite) -> None:
-        """Write a result into the Labels layer, scoped to its objects (other labels never change)."""
-        if self.writer is None:
-            raise RuntimeError("no Labels layer to write into; pick or create one")
-        ids, labels = list(write.obj_ids), write.labels
-        if write.focus is not None:
-            others = [i for i in ids if i != write.focus]
-            painted = list(self.writer.edited_frames(others).get(write.frame, {})) if others else []
-            if painted:  # keep the user's unsent corrections of other objects on this frame
-                ids = [i for i in ids if i not in painted]
-                labels = np.where(np.isin(labels, painted), 0, labels)
-        self.writer.write_frame(write.frame, ids, labels)
+    def apply(self, write: FrameWrite) -> list[int]:
+        """Write a result into the Labels layer, scoped to its objects (other labels never change); returns the
+        objects left as the user edited them.
 
-    def remove_object(self, obj_id: int) -> None:
-        """Forget ``obj_id`` in the session and the writer (the layer's pixels are the widget's business)."""
+        Objects the user has painted, erased or filled on this frame since the engine last wrote them (other than
+        ``focus``) keep exactly the user's pixels: their edit stays pending and becomes a mask prompt at the next
+        run. An ``exact`` mask is written (and so accepted as given to the session) only while the layer still holds
+        it; if the user painted again meanwhile, the new painting stays pending.
+        """
+        writer = self.writer
+        if writer is None:
+            raise RuntimeError("no Labels layer to write into; pick or create one")
+        frame = write.frame
+        protect = [i for i in write.obj_ids if i != write.focus and i not in write.exact]
+        kept = set(writer.edited_ids(frame, protect)) if protect else set()
+        if write.exact:
+            current = writer.read_frame(frame)
+            kept |= {i for i, mask in write.exact.items() if not np.array_equal(current == i, mask)}
+        labels = write.labels
+        replaced = kept | set(write.exact)
+        if replaced:
+            labels = np.where(np.isin(labels, sorted(replaced)), 0, labels).astype(labels.dtype, copy=False)
+            for obj_id, mask in write.exact.items():
+                if obj_id not in kept:
+                    labels[mask] = obj_id
+        writer.write_frame(frame, [i for i in write.obj_ids if i not in kept], labels)
+        return sorted(kept)
+
+    def remove_object(self, obj_id: int) -> list[int]:
+        """Forget ``obj_id`` in the session and erase its pixels from the tracked plane (one undo step); the frames
+        that changed."""
         if self.session is not None and obj_id in self.session.obj_ids:
             self.session.remove_object(obj_id)
-        if self.writer is not None:
-            self.writer.forget(obj_id)
         for key in [k for k in self._sent if k[1] == obj_id]:
             del self._sent[key]
+        return self.writer.clear_object(obj_id) if self.writer is not None else []
 
-    def mark_prompts_sent(self, prompts: dict[PromptKey, FramePrompts]) -> None:
-        """Record ``prompts`` as already given to the session (after a session file was loaded)."""
-        self._sent = dict(prompts)
+
+def _mask_prompts(session: TrackingSession, frame: int) -> dict[int, np.ndarray]:
+    """Objects whose current prompt on ``frame`` is a painted mask, with that mask."""
+    out = {}
+    for obj_id in session.obj_ids:
+        prompt = session.prompts(obj_id).get(frame)
+        if prompt is not None and prompt.mask is not None:
+            out[obj_id] = prompt.mask
+    return out
+
+
+def _frame_write(session: TrackingSession, frame: int, focus: int | None, dtype: np.dtype,
+                 output: tuple[list[int], np.ndarray] | None = None) -> FrameWrite:
+    """The labels of every object on ``frame`` (``output``: the logits a prompt call just returned, not recomputed),
+    with ``focus`` (the object just prompted, if any) in focus."""
+    obj_ids, logits = output if output is not None else session.frame_logits(frame)
+    labels = labels_from_logits(obj_ids, logits, dtype=dtype)
+    ids = {*obj_ids} if focus is None else {*obj_ids, focus}
+    return FrameWrite(frame, tuple(sorted(ids)), labels, focus=focus, exact=_mask_prompts(session, frame))
+
+
+def _prompted_frame_writes(session: TrackingSession, dtype: np.dtype) -> list[FrameWrite]:
+    frames = sorted({frame for obj_id in session.obj_ids for frame in session.prompted_frames(obj_id)})
+    return [_frame_write(session, frame, None, dtype) for frame in frames]
 
 
 def _runs(start: int, direction: str, first: int, last: int) -> list[tuple[int, str, int]]:

@@ -1,0 +1,134 @@
+"""The dock widget's file actions: save and load a session, export labels (TIFF, Cell Tracking Challenge), add a
+Tracks layer.
+
+A mixin of :class:`~napari_sam2.plugin.widget.SAM2TrackingWidget`. Exports read the output Labels layer's tracked
+plane, (T, Y, X) with (row, col) = (y, x), one frame at a time. Loading a session retires the running job and
+replaces the session once that job has finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import QFileDialog
+
+from ..exports import tracks_from_labels, write_ctc, write_label_tiff
+from .job_runner import Job
+from .prompt_layers import add_session_prompts, read_prompts, set_prompt_defaults
+
+
+class FileActions:
+    """Session files, exports and the Tracks layer."""
+
+    # ------------------------------------------------------------------ sessions
+
+    def save_session(self, path: str | Path) -> Path:
+        """Save every object's prompts to a session file (JSON)."""
+        if self.controller.session is None:
+            raise RuntimeError("nothing to save yet: give a prompt first")
+        return self.controller.session.save(path)
+
+    def load_session(self, path: str | Path) -> Job | None:
+        """Re-create a saved session on the current image (same shape) and write its prompted frames. The running job
+        is stopped first; the old session's prompt layers stay in the viewer as they were, new ones show the loaded
+        prompts."""
+        controller = self.controller
+        if controller.model is None or controller.target is None or self.labels_layer is None:
+            raise RuntimeError("load a model and pick the image (and output layer) before loading a session")
+        self.runner.retire()
+        model, frames, dtype = controller.model, controller.target.frames, controller.label_dtype
+
+        def done(result: Any) -> None:
+            session, writes = result
+            controller.set_target(controller.target)  # the old session and what it was given end here
+            controller.session = session
+            self._drop_prompt_layers(keep_for_later=False)
+            self._ensure_layers()
+            for write in writes:
+                self._write(write)
+            for obj_id in session.obj_ids:
+                self.objects.add_id(obj_id, select=False)
+            current = self.objects.current_id or 1
+            add_session_prompts(session, controller.target, self.points_layer, self.shapes_layer)
+            set_prompt_defaults(self.points_layer, obj_id=current, positive=not self.negative_check.isChecked())
+            set_prompt_defaults(self.shapes_layer, obj_id=current)
+            controller.mark_prompts_sent(read_prompts(controller.target, self.points_layer, self.shapes_layer))
+            self._prompts_dirty = False
+            low, high = session.source.mapping.low, session.source.mapping.high
+            self._say(f"Session loaded: objects {session.obj_ids}, intensities {low:g}..{high:g} as saved. "
+                      "Propagate to track them.")
+
+        self._say(f"Loading the session {Path(path).name}…")
+        return self._submit(Job("load session", lambda _: controller.loaded(path, frames, model, dtype),
+                                on_result=done, on_end=self._end_busy_job), busy=True)
+
+    # ------------------------------------------------------------------ exports
+
+    def _label_stack(self) -> Any:
+        writer = self.controller.writer
+        if writer is None:
+            raise RuntimeError("no output Labels layer to export; pick or create one")
+        return writer.tracked_planes()
+
+    def export_tiff(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the output Labels layer's tracked plane, (T, Y, X), as an OME-TIFF."""
+        return write_label_tiff(path, self._label_stack(), overwrite=overwrite)
+
+    def export_ctc(self, directory: str | Path, overwrite: bool = False) -> list:
+        """Write the output Labels layer's tracked plane as a Cell Tracking Challenge result folder."""
+        return write_ctc(directory, self._label_stack(), overwrite=overwrite)
+
+    def add_tracks_layer(self) -> Any:
+        """Add a napari Tracks layer with each object's centroid (row, col) per frame; the prompt layer stays the
+        active layer, so clicks keep reaching SAM 2."""
+        try:
+            data = tracks_from_labels(self._label_stack())
+        except RuntimeError as error:
+            self._fail(error)
+            return None
+        target = self.controller.target
+        if not len(data):
+            self._fail("the output Labels layer is empty: nothing to track yet")
+            return None
+        active = self.viewer.layers.selection.active
+        scale = np.asarray(target.layer.scale)
+        keep = [target.track_axis, target.layer.ndim - 2, target.layer.ndim - 1]
+        layer = self.viewer.add_tracks(data, name=f"{self.labels_layer.name} tracks", scale=scale[keep])
+        if active is not None and active in self.viewer.layers:
+            self._activate(active)
+        n_tracks = len(np.unique(data[:, 0]))
+        self._say(f"Tracks layer {layer.name!r} added: {n_tracks} track{'s' if n_tracks != 1 else ''}, "
+                  f"{len(data)} points. It updates only when added again.")
+        return layer
+
+    # ------------------------------------------------------------------ dialogs
+
+    def _on_save_session(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save session", "session.json", "Session (*.json)")
+        if path:
+            self._guarded(lambda: self._say(f"Session saved to {self.save_session(path)}."))
+
+    def _on_load_session(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load session", "", "Session (*.json)")
+        if path:
+            self._guarded(lambda: self.load_session(path))
+
+    def _on_export_tiff(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export labels as TIFF", "labels.ome.tif", "TIFF (*.tif *.tiff)")
+        if path:
+            self._guarded(lambda: self._say(f"Labels written to {self.export_tiff(path, overwrite=True)}."))
+
+    def _on_export_ctc(self) -> None:
+        directory = QFileDialog.getExistingDirectory(self, "Export a Cell Tracking Challenge result folder")
+        if directory:
+            self._guarded(lambda: self._say(f"{len(self.export_ctc(directory, overwrite=True))} tracks written "
+                                            f"to {directory}."))
+
+    def _guarded(self, action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - file errors are shown, not raised into Qt
+            self._fail(error)

@@ -1,0 +1,153 @@
+"""Propagation from the dock widget: painted corrections become mask prompts, then every frame is tracked and written
+as it comes, with progress, time left and Cancel.
+
+A mixin of :class:`~napari_sam2.plugin.widget.SAM2TrackingWidget`. The run is one job of the widget's runner: the
+model works in a worker thread on the session; each frame is written in the GUI thread, leaving alone every object the
+user has edited on that frame meanwhile (those edits are listed at the end and become prompts at the next run). Frames
+written so far stay on Cancel or failure; the whole run is one undo step. Frames are indices along the tracked axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from napari.utils.notifications import show_info
+
+from .controller import Correction, FrameWrite
+from .job_runner import Job, JobEnd
+from .run_progress import RunProgress
+
+
+@dataclass
+class _Run:
+    """What one propagation run has done so far (GUI thread)."""
+
+    progress: RunProgress
+    note: str
+    range_frames: int
+    frames: set[int] = field(default_factory=set)
+    kept: dict[int, set[int]] = field(default_factory=dict)  # object -> frames left as the user edited them
+
+
+class RunActions:
+    """Propagate, cancel, and the run's progress."""
+
+    def propagate_forward(self) -> None:
+        self.propagate("forward")
+
+    def propagate_backward(self) -> None:
+        self.propagate("backward")
+
+    def propagate_both(self) -> None:
+        self.propagate("both")
+
+    def propagate(self, direction: str | None = None, start: int | None = None, first: int | None = None,
+                  last: int | None = None) -> Job | None:
+        """Track every object from ``start`` (default: the current frame) over frames ``first..last`` (default: the
+        range boxes), writing each frame as it comes; painted corrections become mask prompts first. Returns the job
+        (None when nothing was started, and the status line says why)."""
+        if self.runner.busy:
+            self._say(f"Busy ({self.runner.running_name or 'a job is waiting'}); wait for it or press Cancel.")
+            return None
+        direction = direction or self.direction_combo.currentText()
+        controller = self.controller
+        try:
+            if self.labels_layer is None:
+                raise RuntimeError("no output Labels layer; pick or create one")
+            start = self.current_frame() if start is None else int(start)
+            first = self.first_spin.value() if first is None else int(first)
+            last = self.last_spin.value() if last is None else int(last)
+            if not first <= start <= last:
+                raise ValueError(f"the start frame {start} is outside the chosen range {first}..{last}")
+            session = controller.ensure_session()
+        except (RuntimeError, ValueError) as error:
+            self._fail(error)
+            return None
+        corrections = controller.collect_corrections(self.objects.ids)
+        if not any(session.prompted_frames(i) for i in session.obj_ids) and not corrections:
+            self._fail("nothing to track yet: click on an object, draw a box or paint a mask first")
+            return None
+        note = f"Painted corrections used as prompts: {describe_frames(_by_object(corrections))}." if corrections else ""
+        if note:
+            show_info(note)
+        dtype = controller.label_dtype
+
+        def work(_context: Any):
+            for write in controller.mask_writes(session, corrections, dtype):
+                yield "mask", write
+            for write in controller.propagation(session, start, direction, first, last, dtype):
+                yield "frame", write
+
+        span = {"forward": last - start + 1, "backward": start - first + 1, "both": last - first + 1}[direction]
+        total = len(corrections) + controller.frames_in_run(start, direction, first, last)
+        self._run = _Run(RunProgress(total), note, span)
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(0)
+        self.progress.setFormat(self._run.progress.text())
+        self.labels_layer.mode = "pan_zoom"  # keep the brush away while frames are written (see LabelsWriter)
+        controller.writer.begin_undo_group()
+        self.cancel_button.setEnabled(True)
+        self._say(f"{note} Propagating {direction} from frame {start}…".strip())
+        return self._submit(Job("propagation", work, on_item=self._on_run_item, on_end=self._end_run))
+
+    def _on_run_item(self, item: tuple[str, FrameWrite]) -> None:
+        run = self._run
+        if run is None:
+            return
+        kind, write = item
+        for obj_id in self._write(write):
+            run.kept.setdefault(obj_id, set()).add(write.frame)
+        run.progress.step(tracked=kind == "frame")
+        if kind == "frame":
+            run.frames.add(write.frame)
+        self.progress.setValue(run.progress.done)
+        self.progress.setFormat(run.progress.text())
+        if kind == "frame":
+            if self.follow_check.isChecked():
+                target = self.controller.target
+                world_axis = self.viewer.dims.ndim - target.layer.ndim + target.track_axis
+                self.viewer.dims.set_current_step(world_axis, write.frame)
+            self.frame_written.emit(write.frame)
+
+    def _end_run(self, end: JobEnd) -> None:
+        run, self._run = self._run, None
+        self.cancel_button.setEnabled(False)
+        writer = self.controller.writer
+        if writer is not None and writer.in_undo_group:
+            writer.end_undo_group()
+        if run is None or not end.current:
+            self._reset_progress()
+            return
+        written = f"{len(run.frames)} of {run.range_frames} frames written in {run.progress.elapsed:.1f} s"
+        kept = ""
+        if run.kept:
+            kept = (f" Your edits of {describe_frames(run.kept)} were left as you made them; they become prompts "
+                    "at the next run.")
+        if end.status == "failed":
+            self._fail(end.error)
+            self._say(f"{self.status.text()} ({written} before the error; painted corrections not used yet stay "
+                      f"pending.){kept}")
+            return
+        word = "Cancelled" if end.status == "cancelled" else "Done"
+        self.progress.setFormat(f"{word}: {run.progress.done}/{run.progress.total} steps")
+        self._say(f"{run.note} {word}: {written}.{kept}".strip())
+
+    def cancel(self) -> None:
+        """Stop the running propagation after the frame being computed; frames written so far stay (Shift-C)."""
+        if self._run is not None and self.runner.is_running("propagation"):
+            self.runner.cancel()
+            self._say("Cancelling after the current frame…")
+
+
+def _by_object(corrections: list[Correction]) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for c in corrections:
+        out.setdefault(c.obj_id, set()).add(c.frame)
+    return out
+
+
+def describe_frames(frames_of: dict[int, set[int]]) -> str:
+    """E.g. "object 1 on frames 3, 4; object 2 on frame 7"."""
+    return "; ".join(f"object {obj_id} on frame{'s' if len(frames) > 1 else ''} {', '.join(map(str, sorted(frames)))}"
+                     for obj_id, frames in sorted(frames_of.items()))
