@@ -308,3 +308,28 @@ def test_clear_object_along_z_and_inside_an_undo_group():
     assert not (zyx.data == 7).any() and np.array_equal(zyx.data == 8, before == 8)
     zyx.undo()  # the write and the clearing were one step
     assert np.array_equal(zyx.data, before)
+
+
+def test_writes_and_records_match_the_full_plane_rule():
+    rng = np.random.default_rng(0)
+    layer = Labels(np.zeros((2, 60, 70), dtype=np.int32))
+    writer = LabelsWriter(layer)
+    for _ in range(30):
+        # Scattered cells of tracked ids 1..4 and of other labels 8, 9 (rows and columns far from contiguous).
+        plane = np.zeros((60, 70), dtype=np.int32)
+        for label in rng.choice([1, 2, 3, 4, 8, 9], size=5):
+            y, x, r = rng.integers(0, 60), rng.integers(0, 70), rng.integers(1, 6)
+            plane = np.where(disc((y, x), r, label, shape=(60, 70)) != 0, label, plane)
+        if rng.random() < 0.5:
+            layer.data[1] = plane  # the user's (or an earlier) content the write must respect
+        ids = sorted({int(i) for i in rng.choice([1, 2, 3, 4], size=2)})
+        new = np.where(np.isin(plane, ids), plane, 0)[:, ::-1].copy()  # the objects "moved"
+        before = np.array(layer.data[1])
+        previous_record = writer.recorded_frame(1)
+        writable = (before == 0) | np.isin(before, ids)
+        changed = writer.write_frame(1, ids, new)
+        assert np.array_equal(layer.data[1], np.where(writable, new, before))
+        assert changed == int((writable & (before != new)).sum())
+        others = np.where(np.isin(previous_record, ids), 0, previous_record)
+        assert np.array_equal(writer.recorded_frame(1), np.where(writable & (new != 0), new, others))
+        assert not layer.data[0].any()

@@ -30,7 +30,7 @@ import numpy as np
 
 from .edit_detection import UserEdit, edits_of
 from .label_ids import as_ids, isin_ids, next_free_label
-from .packed_planes import PackedPlane, pack_plane, unpack_plane
+from .packed_planes import PackedPlane, mask_grid, pack_grid, regrid, take_grid, unpack_plane
 from .undo_group import UndoGroup
 
 __all__ = ["LabelsWriter", "TrackedPlanes", "next_free_label"]
@@ -199,41 +199,50 @@ class LabelsWriter:
             raise ValueError(f"frame_labels has shape {new.shape}, the layer's (Y, X) planes are {self._plane_shape}")
         if new.dtype == bool or not np.issubdtype(new.dtype, np.integer):
             raise ValueError(f"frame_labels must be an integer label image, got dtype {new.dtype}")
-        new_tracked = isin_ids(new, ids)
-        if np.count_nonzero(new_tracked) != np.count_nonzero(new):  # ids are >= 1, so new_tracked implies new != 0
-            stray = new[(new != 0) & ~new_tracked]
+        new_rows, new_cols = mask_grid(new != 0)
+        labelled = take_grid(new, new_rows, new_cols)  # every non-zero pixel of new, in raster order
+        new_tracked = isin_ids(labelled, ids)
+        if np.count_nonzero(new_tracked) != np.count_nonzero(labelled):  # ids are >= 1: tracked implies non-zero
+            stray = labelled[(labelled != 0) & ~new_tracked]
             raise ValueError(f"frame_labels holds label {int(stray[0])}, which is not in obj_ids")
 
-        current = self.read_frame(t)
-        writable = isin_ids(current, ids)
-        writable |= current == 0
-        changed = current != new
-        changed &= writable
-        ys, xs = np.nonzero(changed)
-        # After the write the tracked ids sit exactly where the new labels are and the pixel was writable (where a
-        # writable pixel did not change, it already held the new label). Computed before writing: for a numpy
+        # Only pixels that hold a tracked id now, or a non-zero label in ``new``, can change; they all lie on the
+        # grid of the rows and columns that hold such a pixel (a few cells: a small part of the frame), so the
+        # comparison, np.nonzero and the record work on that grid. All is computed before writing: for a numpy
         # layer ``current`` is a view that the write changes.
-        new_tracked &= writable
-        written = np.where(new_tracked, new, 0)
-        if ys.size:
-            values = new[ys, xs].astype(self.layer.data.dtype, copy=False)
+        current = self.read_frame(t)
+        current_tracked = isin_ids(current, ids)
+        tracked_rows, tracked_cols = mask_grid(current_tracked)
+        rows, cols = np.union1d(new_rows, tracked_rows), np.union1d(new_cols, tracked_cols)
+        new_g, current_g = take_grid(new, rows, cols), take_grid(current, rows, cols)
+        writable = take_grid(current_tracked, rows, cols)
+        writable |= current_g == 0
+        changed = current_g != new_g
+        changed &= writable
+        gy, gx = np.nonzero(changed)
+        # After the write the tracked ids sit exactly where the new labels are and the pixel was writable (where a
+        # writable pixel did not change, it already held the new label). Every non-zero label of new is tracked.
+        written = np.where((new_g != 0) & writable, new_g, 0)
+        if gy.size:
+            values = new_g[gy, gx].astype(self.layer.data.dtype, copy=False)
             with self._writing_guard():
-                self.layer.data_setitem(self._full_indices(t, ys, xs), values, refresh=refresh)
-        self._store_record(t, ids, written)
-        return int(ys.size)
+                self.layer.data_setitem(self._full_indices(t, rows[gy], cols[gx]), values, refresh=refresh)
+        self._store_record(t, ids, rows, cols, written)
+        return int(gy.size)
 
-    def _store_record(self, t: int, ids: np.ndarray, written: np.ndarray) -> None:
-        """Record that frame ``t`` holds, for ``ids``, the labels of ``written`` (0 elsewhere); other ids' record stays."""
+    def _store_record(self, t: int, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray, written: np.ndarray) -> None:
+        """Record that frame ``t`` holds, for ``ids``, the labels ``written`` on the grid ``rows`` x ``cols`` (0
+        elsewhere); the record of other ids stays."""
         old = self._records.get(t)
         id_list = [int(i) for i in ids]
         record_ids = set(id_list)
-        if old is None or old.ids <= record_ids:
-            record = written
-        else:
-            previous = unpack_plane(old, self._plane_shape)
-            record = np.where(written != 0, written, np.where(isin_ids(previous, ids), 0, previous))
+        if old is not None and not old.ids <= record_ids:
+            all_rows, all_cols, previous = old.on_grid(self._plane_shape, rows, cols)
+            written = regrid(written, rows, cols, all_rows, all_cols)
+            written = np.where(written != 0, written, np.where(isin_ids(previous, ids), 0, previous))
+            rows, cols = all_rows, all_cols
             record_ids |= old.ids
-        packed = pack_plane(record, record_ids)
+        packed = pack_grid(self._plane_shape, rows, cols, written, record_ids)
         if packed is None:
             self._records.pop(t, None)
         else:
@@ -388,8 +397,9 @@ class LabelsWriter:
         if packed is None:
             affected = np.unique(current[cur_in])
         else:
-            record = unpack_plane(packed, self._plane_shape)
-            cur_t = np.where(cur_in, current, 0)
+            # Both are 0 off the grid of the record and of the tracked pixels now: compare on that grid.
+            rows, cols, record = packed.on_grid(self._plane_shape, *mask_grid(cur_in))
+            cur_t = np.where(take_grid(cur_in, rows, cols), take_grid(current, rows, cols), 0)
             rec_t = np.where(isin_ids(record, ids), record, 0)
             diff = cur_t != rec_t
             affected = np.union1d(cur_t[diff], rec_t[diff])
@@ -411,7 +421,10 @@ class LabelsWriter:
         ids = as_ids(obj_ids)
         if ids.size:
             current = self.read_frame(t)
-            self._store_record(t, ids, np.where(isin_ids(current, ids), current, 0))
+            tracked = isin_ids(current, ids)
+            rows, cols = mask_grid(tracked)
+            labels = np.where(take_grid(tracked, rows, cols), take_grid(current, rows, cols), 0)
+            self._store_record(t, ids, rows, cols, labels)
 
     def forget(self, obj_id: int) -> None:
         """Drop everything the writer remembers about ``obj_id`` (a removed object). The layer is not changed."""
@@ -420,9 +433,9 @@ class LabelsWriter:
         for t, packed in list(self._records.items()):
             if obj_id not in packed.ids:
                 continue
-            plane = unpack_plane(packed, self._plane_shape)
-            plane[plane == obj_id] = 0
-            repacked = pack_plane(plane, packed.ids - {obj_id})
+            rows, cols, labels = packed.grid(self._plane_shape)
+            labels = np.where(labels == obj_id, 0, labels)
+            repacked = pack_grid(self._plane_shape, rows, cols, labels, packed.ids - {obj_id})
             if repacked is None:
                 del self._records[t]
             else:
