@@ -9,6 +9,7 @@ import pytest
 from labels_support import H, T, W, disc, two_cells, viewer_layer  # noqa: F401 - viewer_layer is a fixture
 from napari.layers import Labels
 
+from napari_sam2.plugin.label_ids import isin_ids
 from napari_sam2.plugin.labels_writer import LabelsWriter, next_free_label
 
 
@@ -333,3 +334,14 @@ def test_writes_and_records_match_the_full_plane_rule():
         others = np.where(np.isin(previous_record, ids), 0, previous_record)
         assert np.array_equal(writer.recorded_frame(1), np.where(writable & (new != 0), new, others))
         assert not layer.data[0].any()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
+def test_isin_ids_matches_np_isin(dtype):
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    values = rng.integers(max(info.min, -300), min(info.max, 400), 400, endpoint=True).astype(dtype)
+    values = np.concatenate([values, np.array([info.min, info.max, 0, 1], dtype)]).reshape(-1, 4)[:, ::-1]
+    for ids in ([1], [1, 2, 3], [5, 6], [127], [1, 3], [250, 251, 252, 253, 254, 255], [255, 256], [300], []):
+        ids = np.asarray(ids, dtype=np.int64)
+        assert np.array_equal(isin_ids(values, ids), np.isin(values, ids)), ids

@@ -29,6 +29,13 @@ def isin_ids(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Bool mask of the pixels of ``values`` whose label is one of ``ids`` (an array from :func:`as_ids`)."""
     if ids.size == 0:
         return np.zeros(values.shape, dtype=bool)
+    lo, hi = int(ids[0]), int(ids[-1])
+    dtype = values.dtype
+    if hi - lo + 1 == ids.size and dtype.kind in "iu" and np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+        # Consecutive ids (the usual 1..n): one subtraction and one comparison, twice as fast as np.isin. The
+        # subtraction wraps, so viewed as unsigned, values below lo become large: v - lo <= hi - lo iff lo <= v <= hi.
+        shifted = np.subtract(values, dtype.type(lo))
+        return shifted.view(f"u{dtype.itemsize}") <= hi - lo
     return np.isin(values, ids)
 
 
