@@ -4,8 +4,9 @@ import csv
 
 import numpy as np
 import pytest
+import tifffile
 
-from napari_sam2.prompt_files import ClickPrompt, PromptFileError, read_points_csv
+from napari_sam2.prompt_files import ClickPrompt, PromptFileError, check_clicks, read_points_csv, read_seed_labels
 
 
 def write_like_napari(path, data, properties=None):
@@ -246,3 +247,110 @@ def test_short_row(tmp_path):
 
 def test_prompt_file_error_is_a_value_error():
     assert issubclass(PromptFileError, ValueError)
+
+
+# --------------------------------------------------------------------------- against the movie's shape
+
+MOVIE_SHAPE = (4, 96, 80)  # (T, Y, X)
+
+
+def misfit(clicks, hint="") -> str:
+    """The message of the PromptFileError that checking ``clicks`` against MOVIE_SHAPE must raise."""
+    with pytest.raises(PromptFileError) as info:
+        check_clicks(clicks, MOVIE_SHAPE, hint)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_clicks_remember_their_file_and_lines(tmp_path):
+    path = _write(tmp_path / "points.csv", "index,axis-0,axis-1,axis-2,obj_id\n0,0,1,2,1\n\n1,1,3,4,2\n2,0,5,6,1\n")
+    prompts = read_points_csv(path)
+    assert [(p.source, p.lines) for p in prompts] == [(str(path), (2, 5)), (str(path), (4,))]
+
+
+def test_click_outside_the_frame_names_line_object_coordinate_and_shape(tmp_path):
+    path = _write(tmp_path / "points.csv",
+                  "index,axis-0,axis-1,axis-2,positive,obj_id\n"
+                  "0,0,30,25,True,1\n"
+                  "1,0,75,60,True,2\n"
+                  "2,2,96.5,40,False,2\n")
+    message = misfit(read_points_csv(path))
+    assert message == (f"{path}, line 4: the click of object 2 at (row, col) = (96.5, 40) on frame 2 is outside "
+                       "the frame of shape (Y, X) = (96, 80)")
+
+
+def test_click_on_a_frame_the_movie_lacks(tmp_path):
+    path = _write(tmp_path / "points.csv", "index,axis-0,axis-1,axis-2,obj_id\n0,0,30,25,1\n1,4,30,25,3\n")
+    assert misfit(read_points_csv(path)) == (f"{path}, line 3: the click of object 3 is on frame 4, but the movie "
+                                             "has 4 frame(s) (0..3)")
+
+
+def test_earliest_misfit_is_named_with_the_count_and_the_hint(tmp_path):
+    path = _write(tmp_path / "points.csv",
+                  "index,axis-0,axis-1,axis-2,obj_id\n0,3,30,-1,2\n1,0,200,25,1\n2,3,30,90,2\n")
+    message = misfit(read_points_csv(path), hint="are the axes right?")
+    assert message.startswith(f"{path}, line 2: the click of object 2 at (row, col) = (30, -1) on frame 3")
+    assert message.endswith("; 2 more click(s) do not fit either; are the axes right?")
+
+
+def test_clicks_on_the_frame_edge_fit(tmp_path):
+    path = _write(tmp_path / "points.csv", "index,axis-0,axis-1,axis-2\n0,3,-0.5,-0.5\n1,3,95.5,79.5\n")
+    check_clicks(read_points_csv(path), MOVIE_SHAPE)
+    check_clicks(read_points_csv(path), (4, 96, 80, 3))  # a channel axis changes nothing
+
+
+def _labels(path, shape, frames_with_labels=()):
+    labels = np.zeros(shape, np.uint16)
+    for t in frames_with_labels:
+        labels[t, 10:20, 10:20] = 5
+    tifffile.imwrite(path, labels, photometric="minisblack")
+    return path
+
+
+def test_seed_label_stack_takes_the_frames_that_hold_labels(tmp_path):
+    path = _labels(tmp_path / "seed.tif", MOVIE_SHAPE, frames_with_labels=(1, 3))
+    seed = read_seed_labels(path, MOVIE_SHAPE)
+    assert seed.frames == [1, 3] and seed.labels.shape == MOVIE_SHAPE and seed.source == str(path)
+    assert read_seed_labels(path, MOVIE_SHAPE, frames=[3]).frames == [3]
+
+
+def test_single_seed_label_image_belongs_to_one_frame(tmp_path):
+    path = tmp_path / "seed.npy"
+    image = np.zeros(MOVIE_SHAPE[1:], np.uint8)
+    image[5, 5] = 1
+    np.save(path, image)
+    seed = read_seed_labels(path, MOVIE_SHAPE)
+    assert seed.frames == [0] and seed.labels.shape == (96, 80)
+    assert read_seed_labels(path, MOVIE_SHAPE, frames=[2]).frames == [2]
+    with pytest.raises(PromptFileError, match="single .* image, which belongs to one frame, but 2 frames"):
+        read_seed_labels(path, MOVIE_SHAPE, frames=[0, 1])
+
+
+@pytest.mark.parametrize("shape", [(96, 81), (3, 96, 80), (4, 80, 96)])
+def test_seed_labels_of_the_wrong_shape(tmp_path, shape):
+    path = _labels(tmp_path / "seed.tif", shape)
+    with pytest.raises(PromptFileError) as info:
+        read_seed_labels(path, MOVIE_SHAPE, hint="the hint")
+    assert str(info.value) == (f"seed labels {path} have shape {shape}, which does not fit the movie: expected a "
+                               "(Y, X) image of (96, 80) or a (T, Y, X) stack of (4, 96, 80); the hint")
+
+
+def test_seed_label_frame_out_of_range(tmp_path):
+    path = _labels(tmp_path / "seed.tif", MOVIE_SHAPE, frames_with_labels=(1,))
+    with pytest.raises(PromptFileError, match=r"label frame 4 \(--label-frames\) is out of range: the movie has 4 "
+                                              r"frame\(s\) \(0..3\)"):
+        read_seed_labels(path, MOVIE_SHAPE, frames=[1, 4])
+
+
+def test_seed_labels_without_labels_or_not_integers(tmp_path):
+    path = _labels(tmp_path / "seed.tif", MOVIE_SHAPE, frames_with_labels=(1,))
+    with pytest.raises(PromptFileError, match=r"hold no labels on frames \[2\]"):
+        read_seed_labels(path, MOVIE_SHAPE, frames=[2])
+    empty = _labels(tmp_path / "empty.tif", MOVIE_SHAPE)
+    with pytest.raises(PromptFileError, match=r"hold no labels on frames \[\]"):
+        read_seed_labels(empty, MOVIE_SHAPE)
+    floats = tmp_path / "floats.npy"
+    np.save(floats, np.ones(MOVIE_SHAPE, np.float32))
+    with pytest.raises(PromptFileError, match="float32 values; labels must be integers"):
+        read_seed_labels(floats, MOVIE_SHAPE)
