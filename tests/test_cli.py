@@ -156,12 +156,71 @@ def test_bad_prompt_files_fail_before_loading_a_model(work, tmp_path, prompts, m
     assert not (tmp_path / "out.tif").exists()
 
 
+def _misfits(root: Path) -> dict[str, Path]:
+    """Prompt files that do not fit the (4, 96, 80) test movie, a .npy copy of it and a session of another movie."""
+    files = {"outside": root / "outside.csv", "late": root / "late.csv", "labels": root / "small_labels.tif",
+             "seed": root / "seed.tif", "npy": root / "movie.npy", "session": root / "other.json"}
+    files["outside"].write_text(POINTS_CSV.replace("1,0.0,75.0,60.0", "1,0.0,200.0,60.0"))
+    files["late"].write_text(POINTS_CSV.replace("3,2.0,36.0,29.0", "3,7.0,36.0,29.0"))
+    tifffile.imwrite(files["labels"], np.ones((4, 64, 64), np.uint16), photometric="minisblack")
+    seed = np.zeros((4, 96, 80), np.uint16)
+    seed[1, 30:40, 20:30] = 3
+    tifffile.imwrite(files["seed"], seed, photometric="minisblack")
+    np.save(files["npy"], two_cell_movie())
+    files["session"].write_text('{"format": "napari-sam2 session", "version": 1, "movie": {"shape": [4, 64, 64]}, '
+                                '"model": {}, "settings": {}, "objects": []}')
+    return files
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("outside", "outside.csv, line 3: the click of object 2 at (row, col) = (200, 60) on frame 0 is outside the frame "
+                "of shape (Y, X) = (96, 80)"),
+    ("late", "late.csv, line 5: the click of object 1 is on frame 7, but the movie has 4 frame(s) (0..3)"),
+    ("labels", "small_labels.tif have shape (4, 64, 64), which does not fit the movie: expected a (Y, X) image of "
+               "(96, 80) or a (T, Y, X) stack of (4, 96, 80)"),
+    ("label frame", "label frame 4 (--label-frames) is out of range: the movie has 4 frame(s) (0..3)"),
+    ("start", "--start 4 is out of range: the movie has 4 frame(s) (0..3)"),
+    ("session", "other.json was saved for a movie of shape (4, 64, 64) (T, Y, X[, C]), but"),
+    ("tiff axes", "--axes YXT does not match the file's axes TYX (shape (4, 96, 80))"),
+    ("npy axes", "points.csv, line 2: the click of object 1 at (row, col) = (30, 25) on frame 0 is outside the frame "
+                 "of shape (Y, X) = (4, 96); 3 more click(s) do not fit either; with --axes YXT, movie.npy (4, 96, 80) "
+                 "is read as 80 frames of 4 x 96 (Y x X) along T: are the axes right?"),
+])
+def test_prompts_that_do_not_fit_the_movie_fail_in_one_line_before_loading_a_model(work, tmp_path, case, expected):
+    root, files = work["root"], _misfits(tmp_path)
+    movie, prompts, extra = root / "movie.tif", [root / "points.csv"], []
+    if case in ("outside", "late", "labels", "session"):
+        prompts = [files[case]]
+    elif case == "label frame":
+        prompts, extra = [files["seed"]], ["--label-frames", "1", "4"]
+    elif case == "start":
+        extra = ["--start", "4"]
+    elif case == "tiff axes":
+        extra = ["--axes", "YXT"]
+    elif case == "npy axes":
+        movie, extra = files["npy"], ["--axes", "YXT"]
+    run = run_cli("track", movie, "--prompts", *prompts, "--out", tmp_path / "out.tif", "--model",
+                  "sam2.1_hiera_large", *extra, cache=tmp_path / "cache")
+    assert run.returncode == 1
+    assert run.stderr.startswith("napari-sam2: error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert expected in run.stderr
+    assert not (tmp_path / "cache").exists()  # refused before the model: nothing was downloaded or even tried
+    assert not (tmp_path / "out.tif").exists()
+
+
 def test_offline_without_cached_weights_says_where_to_put_the_file(work, tmp_path):
     run = run_cli("track", work["root"] / "movie.tif", "--prompts", work["root"] / "points.csv", "--out",
                   tmp_path / "out.tif", "--model", "sam2.1_hiera_tiny", cache=tmp_path / "cache")
     assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert str(tmp_path / "cache" / "sam2.1_hiera_tiny.pt") in run.stderr
-    assert "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt" in run.stderr
+    lines = run.stderr.splitlines()
+    error = next(n for n, line in enumerate(lines) if line.startswith("napari-sam2: error: "))
+    # One short line, then the instructions for getting the file by hand.
+    assert lines[error].startswith("napari-sam2: error: Could not download sam2.1_hiera_tiny: ")
+    assert len(lines[error]) < 120
+    instructions = "\n".join(lines[error + 1:])
+    assert str(tmp_path / "cache" / "sam2.1_hiera_tiny.pt") in instructions
+    assert "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt" in instructions
+    assert "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69" in instructions
 
 
 def test_models_lists_known_models_and_the_cache(tmp_path):

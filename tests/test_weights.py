@@ -33,6 +33,7 @@ from napari_sam2.weights import (
     find_model,
     infer_config,
     load_model,
+    needs_download,
 )
 
 SERVED_NAME = TINY_CHECKPOINT_NAME
@@ -208,37 +209,71 @@ def test_hash_mismatch_names_both_hashes_and_keeps_nothing(register, served, tmp
     cache = tmp_path / "cache"
     with pytest.raises(WeightsError) as error:
         fetch_checkpoint(info, cache_dir=cache, progress=False)
-    message = str(error.value)
-    assert wrong in message and served["sha256"] in message and info.url in message
-    assert "deleted" in message
+    assert str(error.value) == "The download of test_tiny had the wrong SHA-256 and was deleted; try again"
+    instructions = error.value.instructions
+    assert wrong in instructions and served["sha256"] in instructions and info.url in instructions
     assert list(cache.iterdir()) == []
     # A damaged earlier copy is not left behind either.
     (cache / info.filename).write_bytes(b"partial download")
-    with pytest.raises(WeightsError, match="removed"):
+    with pytest.raises(WeightsError) as error:
         fetch_checkpoint(info, cache_dir=cache, progress=False)
+    assert "damaged cached copy" in error.value.instructions and "removed" in error.value.instructions
     assert list(cache.iterdir()) == []
 
 
-def test_offline_without_cache_says_which_file_to_put_where(register, tmp_path):
+def test_offline_error_is_one_short_line_with_instructions_apart(register, tmp_path):
     info = register(url=f"http://127.0.0.1:{_closed_port()}/sam2.1_hiera_tiny.pt")
     cache = tmp_path / "cache"
     with pytest.raises(WeightsError) as error:
         load_model("test_tiny", device="cpu", cache_dir=cache, progress=False)
-    message = str(error.value)
-    assert info.url in message and str((cache / "sam2.1_hiera_tiny.pt").resolve()) in message
-    assert "NAPARI_SAM2_CACHE" in message and "offline" in message
-    assert isinstance(error.value, CheckpointError)
-    # With a damaged copy in the cache the message says so, and the copy is left for the user to replace.
+    assert str(error.value) == "Could not download test_tiny: no internet connection (ConnectionError)"
+    assert isinstance(error.value, CheckpointError) and isinstance(error.value, ValueError)
+    instructions = error.value.instructions
+    target = (cache / "sam2.1_hiera_tiny.pt").resolve()
+    assert info.url in instructions and info.sha256 in instructions and str(target) in instructions
+    assert f"the cache folder {target.parent}" in instructions and "NAPARI_SAM2_CACHE" in instructions
+    assert "--model PATH" in instructions and "load_model(path)" in instructions
+    assert "does not have the expected SHA-256" not in instructions
+    # With a damaged copy in the cache the instructions say so, and the copy is left for the user to replace.
     (cache / info.filename).write_bytes(b"half a file")
-    with pytest.raises(WeightsError, match="does not have the expected SHA-256"):
+    with pytest.raises(WeightsError) as error:
         fetch_checkpoint(info, cache_dir=cache, progress=False)
+    assert "\n" not in str(error.value)
+    assert f"The cached file {target} is there but does not have the expected SHA-256" in error.value.instructions
+    assert (cache / info.filename).read_bytes() == b"half a file"
 
 
 def test_missing_file_on_server_is_reported_with_status(register, server, tmp_path):
     info = register(url=server.url("gone.pt"))
-    with pytest.raises(WeightsError, match=r"HTTP 404 \(the file is not, or no longer, at this address\)"):
+    with pytest.raises(WeightsError) as error:
         fetch_checkpoint(info, cache_dir=tmp_path / "cache", progress=False)
+    assert str(error.value) == "Could not download test_tiny: HTTP 404 (the file is not, or no longer, at this address)"
+    assert info.url in error.value.instructions
     assert not list((tmp_path / "cache").iterdir())
+
+
+def test_weights_error_without_instructions():
+    assert WeightsError("short").instructions == "" and str(WeightsError("short", "long")) == "short"
+
+
+def test_needs_download_only_for_a_known_model_not_validly_cached(register, served, server, tmp_path,
+                                                                  isolated_cache):
+    info = register()
+    cache = tmp_path / "cache"
+    assert needs_download("test_tiny", cache_dir=cache)
+    assert needs_download("test_tiny")  # the NAPARI_SAM2_CACHE folder is empty too
+    assert not needs_download(served["path"]) and not needs_download(str(served["path"]))  # a local file
+    assert not needs_download("sam3_hiera_tiny") and not needs_download(tmp_path)  # refused by load_model anyway
+    before = server.count(SERVED_NAME)
+    fetch_checkpoint(info, cache_dir=cache, progress=False)
+    assert not needs_download("test_tiny", cache_dir=cache)
+    assert needs_download("test_tiny")  # another cache folder
+    assert server.count(SERVED_NAME) == before + 1  # asking downloads nothing
+    damaged = bytearray((cache / info.filename).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (cache / info.filename).write_bytes(damaged)
+    assert needs_download("test_tiny", cache_dir=cache)  # pooch would download it again
+    assert needs_download("sam2.1_hiera_tiny", cache_dir=cache)  # official names too
 
 
 # ------------------------------------------------------------------------------------------- config inference

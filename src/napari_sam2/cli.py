@@ -9,15 +9,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .engine.session import DIRECTIONS, TrackingSession
-from .engine.session_file import read_session_file
+from .engine.session_file import SessionFileError, read_session_file
 from .exports import write_ctc, write_label_tiff
 from .movie_files import Movie, open_movie
-from .prompt_files import ClickPrompt, read_points_csv
+from .prompt_files import (
+    ClickPrompt,
+    LabelPrompt,
+    check_clicks,
+    movie_frames,
+    read_points_csv,
+    read_seed_labels,
+    with_hint,
+)
 from .weights import DEFAULT_MODEL, KNOWN_MODELS, cached_models, default_cache_dir, load_model
 
 EXIT_FAILED = 1
@@ -37,8 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("napari-sam2: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, OSError) as exc:  # every expected failure raises one of these with a clear message
-        print(f"napari-sam2: error: {exc}", file=sys.stderr)
+        print(f"napari-sam2: error: {_one_line(exc)}", file=sys.stderr)
+        instructions = getattr(exc, "instructions", "")  # e.g. how to get the weights by hand, offline
+        if instructions:
+            print(instructions, file=sys.stderr)
         return EXIT_FAILED
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (a user's mistake is reported as one line, without traceback)."""
+    return " ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,12 +106,12 @@ def _track(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite and (out_is_tiff or any(args.out.iterdir())):
         raise FileExistsError(f"output {args.out} already exists; choose another --out or pass --overwrite")
     movie = open_movie(args.input, axes=args.axes)
-    session_file, clicks, label_files = _read_prompt_files(args.prompts)  # before the (slow) model load
-    session = _open_session(args, movie, session_file)
-    for click in clicks:  # added to what a saved session already holds on that frame
+    prompts = _read_prompts(args, movie)  # every prompt checked against the movie before the (slow) model load
+    session = _open_session(args, movie, prompts)
+    for click in prompts.clicks:  # added to what a saved session already holds on that frame
         session.add_points(click.frame, click.obj_id, click.points, click.labels, clear_old_points=False)
-    for path in label_files:
-        _add_label_prompts(session, path, args.label_frames)
+    for seed in prompts.seeds:
+        session.add_labels(seed.labels, seed.frames)
 
     frames = session.frames_to_visit(args.start, args.direction, args.frames)
     with _progress_bar(len(frames), movie.axis, disabled=args.quiet) as progress:
@@ -113,8 +131,19 @@ def _track(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_prompt_files(paths: Sequence[Path]) -> tuple[Path | None, list[ClickPrompt], list[Path]]:
-    """Sort prompt files by kind and read the click files: (session file, clicks, label files)."""
+@dataclass
+class _Prompts:
+    """Every prompt given on the command line, read and checked against the movie."""
+
+    session_file: Path | None
+    saved: dict[str, Any] | None  # the session file's content
+    clicks: list[ClickPrompt]
+    seeds: list[LabelPrompt]
+
+
+def _read_prompts(args: argparse.Namespace, movie: Movie) -> _Prompts:
+    """Sort the prompt files by kind, read them and check them (and --start) against the movie's shape."""
+    paths = args.prompts
     unknown = [p for p in paths if p.suffix.lower() not in SESSION_SUFFIXES + CSV_SUFFIXES + LABEL_SUFFIXES]
     if unknown:
         raise ValueError(f"cannot tell what kind of prompt file {unknown[0]} is: use .csv (napari Points), "
@@ -125,36 +154,35 @@ def _read_prompt_files(paths: Sequence[Path]) -> tuple[Path | None, list[ClickPr
     sessions = [p for p in paths if p.suffix.lower() in SESSION_SUFFIXES]
     if len(sessions) > 1:
         raise ValueError(f"give at most one session file, got {len(sessions)}")
+    hint = movie.axes_hint()
+    saved = read_session_file(sessions[0]) if sessions else None
+    saved_shape = tuple(saved["movie"]["shape"]) if saved is not None else movie.shape
+    if saved_shape != movie.shape:
+        raise SessionFileError(with_hint(f"session {sessions[0]} was saved for a movie of shape {saved_shape} (T, Y, "
+                                         f"X[, C]), but {movie.source} has shape {movie.shape}; open the movie the "
+                                         "session was made on", hint))
     clicks = [click for p in paths if p.suffix.lower() in CSV_SUFFIXES for click in read_points_csv(p)]
-    labels = [p for p in paths if p.suffix.lower() in LABEL_SUFFIXES]
-    return (sessions[0] if sessions else None), clicks, labels
+    check_clicks(clicks, movie.shape, hint)
+    seeds = [read_seed_labels(p, movie.shape, args.label_frames, hint)
+             for p in paths if p.suffix.lower() in LABEL_SUFFIXES]
+    if args.start is not None and not 0 <= args.start < movie.shape[0]:
+        raise ValueError(with_hint(f"--start {args.start} is out of range: {movie_frames(movie.shape[0])}", hint))
+    return _Prompts(sessions[0] if sessions else None, saved, clicks, seeds)
 
 
-def _open_session(args: argparse.Namespace, movie: Movie, session_file: Path | None) -> TrackingSession:
+def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts) -> TrackingSession:
     """A fresh session, or the saved one; command-line settings override saved ones."""
     options = {}
     if args.contrast is not None:
         options["contrast_limits"] = tuple(args.contrast)
     if args.channel is not None:
         options["channel"] = args.channel
-    if session_file is None:
+    if prompts.saved is None:
         model = load_model(args.model or DEFAULT_MODEL, device=args.device, progress=not args.quiet)
         return TrackingSession(model, movie.data, **options)
-    saved_model = read_session_file(session_file)["model"]
-    model = load_model(args.model or saved_model.get("name") or DEFAULT_MODEL, device=args.device,
+    model = load_model(args.model or prompts.saved["model"].get("name") or DEFAULT_MODEL, device=args.device,
                        progress=not args.quiet)
-    return TrackingSession.load(session_file, movie.data, model, **options)
-
-
-def _add_label_prompts(session: TrackingSession, path: Path, frames: list[int] | None) -> None:
-    """Labels of an existing segmentation (one (Y, X) image or a stack) become mask prompts."""
-    labels = open_movie(path).data
-    if labels.shape[0] == 1 and session.num_frames > 1:
-        labels = labels[0]  # a single label image (Y, X)
-    if frames is None:  # every frame that holds labels; a single image belongs to frame 0
-        frames = [0] if len(labels.shape) == 2 else [t for t in range(labels.shape[0]) if np.any(labels[t])]
-    if not session.add_labels(labels, frames):
-        raise ValueError(f"{path} holds no labels on frames {frames}")
+    return TrackingSession.load(prompts.session_file, movie.data, model, **options)
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -3,13 +3,17 @@
 ``load_model("sam2.1_hiera_tiny")`` downloads the official file once (SHA-256 checked by pooch, cached in
 ``NAPARI_SAM2_CACHE`` or the user cache folder) and builds the matching model; ``load_model("my.pt")``
 reads a local (e.g. fine-tuned) checkpoint and infers its architecture from the weights. Every failure
-is a :class:`~napari_sam2.model.build.CheckpointError` whose message says what to do next, which matters
-most on offline microscope workstations.
+is a :class:`~napari_sam2.model.build.CheckpointError` whose message says what to do next; a failed
+download is a :class:`WeightsError`, one short line plus ``instructions`` for getting the file by hand,
+which matters most on offline microscope workstations. :func:`needs_download` tells beforehand whether
+loading a model will download anything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import re
@@ -36,7 +40,15 @@ logger = logging.getLogger("napari_sam2")
 
 
 class WeightsError(CheckpointError):
-    """A checkpoint could not be downloaded or failed its hash check; the message says how to get it."""
+    """A checkpoint could not be downloaded or failed its hash check.
+
+    ``str(error)`` is one short line (for a status bar, a terminal, a log); ``instructions`` says in full how
+    to get the file by hand: its URL and SHA-256, where to put it or how to pass its path, the cache folder.
+    """
+
+    def __init__(self, message: str, instructions: str = "") -> None:
+        super().__init__(message)
+        self.instructions = instructions
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,10 @@ def _as_info(model: str | ModelInfo) -> ModelInfo:
     return model if isinstance(model, ModelInfo) else find_model(model)
 
 
+def _cache_folder(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
 def fetch_checkpoint(model: str | ModelInfo, cache_dir: str | os.PathLike | None = None,
                      progress: bool = True) -> Path:
     """The path of a known checkpoint in the cache, downloading it first if it is missing or damaged.
@@ -125,7 +141,7 @@ def fetch_checkpoint(model: str | ModelInfo, cache_dir: str | os.PathLike | None
     import requests
 
     info = _as_info(model)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = _cache_folder(cache_dir)
     target = cache.resolve() / info.filename
     had_file = target.is_file()
     try:
@@ -135,15 +151,14 @@ def fetch_checkpoint(model: str | ModelInfo, cache_dir: str | os.PathLike | None
     except requests.exceptions.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "error"
         hint = " (the file is not, or no longer, at this address)" if status == 404 else ""
-        raise WeightsError(f"downloading {info.name} from {info.url} failed with HTTP {status}{hint}. "
-                           f"{_manual_steps(info, target)}{_stale_note(target, had_file)}") from exc
+        raise WeightsError(f"Could not download {info.name}: HTTP {status}{hint}",
+                           _manual_steps(info, target, had_file)) from exc
     except requests.exceptions.RequestException as exc:  # offline, refused, DNS, timeout, dropped
-        raise WeightsError(f"could not download {info.name} from {info.url} ({type(exc).__name__}: {exc}); "
-                           f"is this machine offline? {_manual_steps(info, target)}"
-                           f"{_stale_note(target, had_file)}") from exc
+        raise WeightsError(f"Could not download {info.name}: {_network_problem(exc)} ({type(exc).__name__})",
+                           _manual_steps(info, target, had_file)) from exc
     except ValueError as exc:
         if "does not match the known hash" not in str(exc):
-            raise WeightsError(f"could not fetch {info.name} from {info.url}: {exc}") from exc
+            raise WeightsError(f"Could not fetch {info.name}: {exc}", _manual_steps(info, target, had_file)) from exc
         found = re.search(r"but got ([0-9a-fA-F]+)", str(exc))
         actual = found.group(1) if found else "unknown"
         removed = ""
@@ -151,25 +166,71 @@ def fetch_checkpoint(model: str | ModelInfo, cache_dir: str | os.PathLike | None
             target.unlink()
             removed = f" The damaged cached copy {target} was removed too."
         raise WeightsError(
-            f"the file downloaded from {info.url} has SHA-256 {actual}, expected {info.sha256}; it was "
-            f"deleted and nothing was kept in {cache}.{removed} The download was corrupted (try again) or "
-            f"the file on the server changed.") from exc
+            f"The download of {info.name} had the wrong SHA-256 and was deleted; try again",
+            f"The file downloaded from {info.url} has SHA-256 {actual}, expected {info.sha256}; nothing was kept "
+            f"in {cache}.{removed} The download was corrupted (try again) or the file on the server changed.\n"
+            + _manual_steps(info, target, had_file=False)) from exc
     except OSError as exc:
-        raise WeightsError(f"could not write {target}: {exc}. Choose a writable folder with cache_dir= or "
-                           f"the {CACHE_ENV} environment variable.") from exc
+        raise WeightsError(f"Could not write {info.name} to {cache}: {exc.strerror or exc}",
+                           f"Could not write {target}: {exc}. Choose a writable folder with cache_dir= or the "
+                           f"{CACHE_ENV} environment variable.") from exc
     return Path(path)
 
 
-def _manual_steps(info: ModelInfo, target: Path) -> str:
-    return (f"Download {info.url} on a machine with internet and copy it to {target}, or pass the file's path "
-            f"to load_model / --model, or set {CACHE_ENV} to a folder that holds {info.filename}.")
+def _network_problem(exc: Exception) -> str:
+    """What a failed request most likely means, in a few words."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "the server did not answer in time"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "no internet connection"
+    return "the download failed"
 
 
-def _stale_note(target: Path, had_file: bool) -> str:
-    if not (had_file and target.is_file()):
-        return ""
-    return (f" The cached file {target} is there but does not have the expected SHA-256 (damaged or "
-            "incomplete); replace it.")
+def _manual_steps(info: ModelInfo, target: Path, had_file: bool) -> str:
+    """How to install a known checkpoint by hand (several lines), for :attr:`WeightsError.instructions`."""
+    steps = (f"To install {info.name} by hand (e.g. on an offline machine):\n"
+             f"  1. download {info.url} on a machine with internet;\n"
+             f"  2. check that its SHA-256 is {info.sha256}\n"
+             f"     (sha256sum {info.filename}, or on Windows: certutil -hashfile {info.filename} SHA256);\n"
+             f"  3. copy it to {target}\n"
+             f"     (the cache folder {target.parent}; set {CACHE_ENV} to use a folder that holds {info.filename}),\n"
+             f"     or pass the file's path instead of the model name (load_model(path), napari-sam2 track "
+             "--model PATH).")
+    if had_file and target.is_file():
+        steps += (f"\nThe cached file {target} is there but does not have the expected SHA-256 (damaged or "
+                  "incomplete); replace it.")
+    return steps
+
+
+def needs_download(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether ``load_model(name_or_path)`` would download weights (so that a UI can say so beforehand).
+
+    False for an existing file or folder (read, or refused, as it is), for a known model whose cached file
+    has the official SHA-256 (hashed here, once per file version), and for names load_model refuses anyway;
+    True for a known model that is not cached, or whose cached copy is damaged.
+    """
+    if Path(name_or_path).expanduser().exists():
+        return False
+    info = _known_or_none(name_or_path)
+    if info is None:
+        return False
+    target = _cache_folder(cache_dir) / info.filename
+    if not target.is_file():
+        return True
+    stat = target.stat()
+    return _sha256(str(target.resolve()), stat.st_size, stat.st_mtime_ns) != info.sha256
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hex SHA-256 of a file; cached by path, size and modification time (hashing a large model takes a second)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -191,7 +252,7 @@ def cached_models(cache_dir: str | os.PathLike | None = None) -> list[tuple[Mode
 
     Only presence and a non-empty size are checked (hashing GBs would be slow); loading re-checks the hash.
     """
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = _cache_folder(cache_dir)
     listing = []
     for info in KNOWN_MODELS.values():
         path = cache / info.filename
