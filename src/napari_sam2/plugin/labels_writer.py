@@ -456,7 +456,8 @@ class LabelsWriter:
         obj_id = int(as_ids([obj_id])[0])
         zero = np.dtype(self.layer.data.dtype).type(0)
         changed: list[int] = []
-        with self.one_undo_step(), self._writing_guard():
+        # The guard is entered first, so that it also covers the commit of the undo step (its paint event).
+        with self._writing_guard(), self.one_undo_step():
             for t in range(self.n_frames):
                 ys, xs = np.nonzero(self.read_frame(t) == obj_id)
                 if ys.size:

@@ -73,8 +73,8 @@ def pack_grid(
     holds ``labels`` (among ``ids``); None when it is all 0. Rows and columns of the grid that hold only 0 are
     dropped.
 
-    zlib level 6: for a 2048 x 2048 frame with five cells of 40 px radius spread over the frame, about 1.3 kB in
-    well under a millisecond (the bounding box of the cells, about 1900 x 1900, took 8 ms for 4.8 kB).
+    zlib level 6: for a 2048 x 2048 frame with five cells of 40 px radius spread over the frame the grid is about
+    405 x 371 and the record 1.8 kB, made in about 1 ms (their bounding box, about 1900 x 1900, took 8 ms for 4.8 kB).
     """
     keep_rows, keep_cols = mask_grid(labels != 0)
     if keep_rows.size == 0:
