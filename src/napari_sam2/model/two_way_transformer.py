@@ -7,6 +7,7 @@ the SAM 2 checkpoint (``sam_mask_decoder.transformer.*``).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,11 +45,31 @@ class Attention(nn.Module):
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attend queries (B, Nq, C) to keys/values (B, Nk, C); returns (B, Nq, C)."""
-        out = F.scaled_dot_product_attention(self._split(self.q_proj(q)), self._split(self.k_proj(k)),
-                                             self._split(self.v_proj(v)))
+    def forward(self, q: Tensor, k: Tensor, v: Tensor,
+                bias_apart: tuple[bool, bool, bool] = (False, False, False)) -> Tensor:
+        """Attend queries (B, Nq, C) to keys/values (B, Nk, C); returns (B, Nq, C).
+
+        ``bias_apart`` (for q, k, v): add that projection's bias after the matrix product instead of
+        inside it (see :func:`_project`).
+        """
+        q_bias, k_bias, v_bias = bias_apart
+        out = F.scaled_dot_product_attention(self._split(_project(self.q_proj, q, q_bias)),
+                                             self._split(_project(self.k_proj, k, k_bias)),
+                                             self._split(_project(self.v_proj, v, v_bias)))
         return self._merge(out)
+
+
+def _project(layer: nn.Linear, x: Tensor, bias_apart: bool) -> Tensor:
+    """``layer(x)``; with ``bias_apart`` as a product followed by a separate bias addition.
+
+    torch adds the bias inside the product (addmm) for contiguous inputs but afterwards for strided
+    ones, and the two round differently. The reference's first decoder block sees its image tokens as a
+    transposed view, so it takes the second route there; doing the same on our contiguous tokens keeps
+    the decoder's sums bit-identical to the reference's.
+    """
+    if not bias_apart:
+        return layer(x)
+    return torch.matmul(x, layer.weight.t()) + layer.bias
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -71,9 +92,12 @@ class TwoWayAttentionBlock(nn.Module):
         self.norm4 = nn.LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
+        # Projections of the image tokens add their bias apart, as torch does in the reference's first
+        # block (see _project); set by TwoWayTransformer.
+        self.image_bias_apart = False
 
     def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
-        """queries (B, Nq, C) tokens, keys (B, Nk, C) image tokens; PEs of the same shapes."""
+        """queries (B, Nq, C) tokens, keys (B, Nk, C) image tokens; PEs of the same shapes (or batch 1)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -81,15 +105,17 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        q = queries + query_pe
+        # The image tokens do not change before the image->token attention, so keys + PE (4096 x 256)
+        # is formed once for both cross-attentions.
         k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        q = queries + query_pe
+        apart = self.image_bias_apart
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys, (False, apart, apart)))
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries, (apart, False, False)))
         return queries, keys
 
 
@@ -117,6 +143,8 @@ class TwoWayTransformer(nn.Module):
                                  skip_first_layer_pe=(i == 0))
             for i in range(depth)
         )
+        if depth:
+            self.layers[0].image_bias_apart = True
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
@@ -125,14 +153,20 @@ class TwoWayTransformer(nn.Module):
 
         Args:
             image_embedding: (B, C, h, w) image features (plus dense prompt).
-            image_pe: (B, C, h, w) their position encoding.
+            image_pe: (B or 1, C, h, w) their position encoding.
             point_embedding: (B, N, C) output and prompt tokens; also used as the tokens' PE.
 
         Returns:
             the updated tokens (B, N, C) and image tokens (B, h*w, C).
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        return self.forward_tokens(image_tokens(image_embedding), image_tokens(image_pe), point_embedding)
+
+    def forward_tokens(self, keys: Tensor, key_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` on image tokens already flattened: keys (B, h*w, C), key_pe (B or 1, h*w, C).
+
+        Contiguous tokens keep every projection of the 4096 image tokens a plain matrix product (a
+        transposed view would be copied before each one).
+        """
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
@@ -140,3 +174,8 @@ class TwoWayTransformer(nn.Module):
         attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
         queries = self.norm_final_attn(queries + attn)
         return queries, keys
+
+
+def image_tokens(image: Tensor) -> Tensor:
+    """(B, C, h, w) map -> contiguous (B, h*w, C) tokens; no copy when the map is channels-last in memory."""
+    return image.flatten(2).transpose(1, 2).contiguous()
