@@ -48,7 +48,10 @@ def run(qtbot, widget, **kwargs):
 
 def test_widget_is_contributed_by_the_plugin_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
-    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "SAM 2 tracking")
+    from npe2 import PluginManager
+
+    (contribution,) = PluginManager.instance().get_manifest("napari-sam2").contributions.widgets
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", contribution.display_name)
     assert isinstance(widget, SAM2TrackingWidget)
     for key in SHORTCUTS:
         assert key in widget.toolTip()

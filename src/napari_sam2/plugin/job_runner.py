@@ -95,12 +95,15 @@ def _drive(job: Job, context: JobContext):
     try:
         result = job.work(context)
         if inspect.isgenerator(result):
-            with closing(result):  # closed here, in the worker thread, however the loop ends
-                for item in result:
-                    yield item
-                    if context.cancelled:
+            items, result = result, None
+            with closing(items):  # closed here, in the worker thread, however the loop ends
+                while not context.cancelled:
+                    try:
+                        item = next(items)
+                    except StopIteration as stop:  # the generator's return value is the job's result
+                        result = stop.value
                         break
-            result = None
+                    yield item
         return _Outcome("cancelled" if context.cancelled else "done", result)
     except Exception as error:  # noqa: BLE001 - every outcome goes back to the GUI thread (see module doc)
         if context.cancelled and getattr(error, "stopped_on_request", False):
@@ -125,9 +128,11 @@ class JobRunner(QObject):
 
     @property
     def busy(self) -> bool:
-        """True while a job other than speculative work runs or waits."""
-        running = self._running is not None and not self._running.speculative
-        return running or any(not job.speculative for job in self._queue)
+        """True while a job other than speculative work runs (and has not been cancelled) or waits. A new job
+        submitted while a cancelled one finishes waits for it."""
+        job = self._running
+        running = job is not None and not job.speculative and not job.context.cancelled
+        return running or any(not queued.speculative for queued in self._queue)
 
     @property
     def idle(self) -> bool:

@@ -6,6 +6,12 @@ but are private. A propagation run writes frames across many Qt event-loop itera
 span, so :meth:`UndoGroup.begin`/:meth:`UndoGroup.end` enter and exit that same public context manager by hand
 (``__enter__`` on begin, ``__exit__`` on end): the flag simply stays set in between.
 
+While the flag is set napari stages *every* edit, the user's too (a fill, a script's ``data_setitem``), and emits
+the layer's paint event only when the group is committed. So the writer cannot learn of the user's edits from paint
+events while a group is open: it compares the frame with its record before writing it (see
+``LabelsWriter.edited_ids``), and the commit's paint event, which holds the engine's atoms and the user's, is read
+like any other (the engine's atoms match the record and are dropped there).
+
 Caveats, inherent to napari's single staging list: a brush stroke the user finishes while a group is open commits
 the group's atoms so far together with the stroke and clears the flag (``_commit_stroke``), so the rest of the run
 gives one undo step per frame; an undo pressed while the group is open undoes the step before the run. The widget
@@ -22,15 +28,12 @@ from typing import Any
 
 
 class UndoGroup:
-    """Nesting begin/end of one undo step on ``layer``; ``writing()`` marks the commit's paint event as the writer's.
+    """Nesting begin/end of one undo step on ``layer``; committing emits the layer's paint event for the group, inside
+    ``around_commit()`` (a context manager factory: the writer reads that event once the data is in the layer)."""
 
-    Committing emits the layer's paint event for the whole group; ``writing`` (a context manager factory, the
-    writer's guard) is entered around the commit so that the writer does not take it for a user edit.
-    """
-
-    def __init__(self, layer: Any, writing: Callable[[], AbstractContextManager[Any]]) -> None:
+    def __init__(self, layer: Any, around_commit: Callable[[], AbstractContextManager[Any]]) -> None:
         self._layer = layer
-        self._writing = writing
+        self._around_commit = around_commit
         self._depth = 0
         self._cm: Any = None
 
@@ -54,7 +57,7 @@ class UndoGroup:
         self._depth -= 1
         if self._depth == 0:
             cm, self._cm = self._cm, None
-            with self._writing():
+            with self._around_commit():
                 cm.__exit__(None, None, None)
 
     @contextmanager

@@ -18,9 +18,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QSizePolicy, QWidget
 
-from ..weights import describe_model, load_model
-from .. import weights as _w  # TEMP
-needs_download = getattr(_w, 'needs_download', lambda _n: False)  # TEMP
+from ..weights import describe_model, load_model, needs_download
 from .controller import Correction, FrameWrite, TrackingController
 from .dwell import DwellPrecompute
 from .job_runner import Job, JobEnd, JobRunner
@@ -147,17 +145,15 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         """Load a known model (downloaded once, hash-checked) or a checkpoint file in a worker thread; a running job
         is stopped first. The session, if any, is then rebuilt on the new model with every prompt (see use_model)."""
         self.runner.retire()
-        try:
-            downloading = needs_download(name_or_path)
-        except ValueError:
-            downloading = False  # the load itself reports the bad name
-        first_time = " (first time: downloading the weights)" if downloading else ""
-        self._say(f"Loading {name_or_path}{first_time}…")
+        self._say(f"Loading {name_or_path}…")
 
-        def work(_context: Any) -> Any:
+        def work(_context: Any):
+            if needs_download(name_or_path):  # (hashes a cached file once: in the worker, not the GUI thread)
+                yield f"Loading {name_or_path} (first time: downloading the weights, hash-checked)…"
             return load_model(name_or_path, None if device == "auto" else device, verbose=False)
 
-        return self._submit(Job("model load", work, on_result=self.use_model, on_end=self._end_busy_job), busy=True)
+        return self._submit(Job("model load", work, on_item=self._say, on_result=self.use_model,
+                                on_end=self._end_busy_job), busy=True)
 
     def use_model(self, model: Any) -> None:
         """Track with ``model`` (a loaded SAM2Model). A running session is rebuilt on it in a worker, every prompt

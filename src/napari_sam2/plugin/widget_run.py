@@ -81,46 +81,48 @@ class RunActions:
 
         span = {"forward": last - start + 1, "backward": start - first + 1, "both": last - first + 1}[direction]
         total = len(corrections) + controller.frames_in_run(start, direction, first, last)
-        self._run = _Run(RunProgress(total), note, span)
+        run = self._run = _Run(RunProgress(total), note, span)
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
-        self.progress.setFormat(self._run.progress.text())
+        self.progress.setFormat(run.progress.text())
         self.labels_layer.mode = "pan_zoom"  # keep the brush away while frames are written (see LabelsWriter)
         controller.writer.begin_undo_group()
         self.cancel_button.setEnabled(True)
         self._say(f"{note} Propagating {direction} from frame {start}…".strip())
-        return self._submit(Job("propagation", work, on_item=self._on_run_item, on_end=self._end_run))
+        return self._submit(Job("propagation", work, on_item=lambda item: self._on_run_item(run, item),
+                                on_end=lambda end: self._end_run(run, end)))
 
-    def _on_run_item(self, item: tuple[str, FrameWrite]) -> None:
-        run = self._run
-        if run is None:
-            return
+    def _on_run_item(self, run: _Run, item: tuple[str, FrameWrite]) -> None:
         kind, write = item
         for obj_id in self._write(write):
             run.kept.setdefault(obj_id, set()).add(write.frame)
         run.progress.step(tracked=kind == "frame")
-        if kind == "frame":
-            run.frames.add(write.frame)
-        self.progress.setValue(run.progress.done)
-        self.progress.setFormat(run.progress.text())
-        if kind == "frame":
+        if kind != "frame":
+            return
+        run.frames.add(write.frame)
+        if self._run is run:  # (a cancelled run may still deliver its last frame after a new one has started)
+            self.progress.setValue(run.progress.done)
+            self.progress.setFormat(run.progress.text())
             if self.follow_check.isChecked():
                 target = self.controller.target
                 world_axis = self.viewer.dims.ndim - target.layer.ndim + target.track_axis
                 self.viewer.dims.set_current_step(world_axis, write.frame)
-            self.frame_written.emit(write.frame)
+        self.frame_written.emit(write.frame)
 
-    def _end_run(self, end: JobEnd) -> None:
-        run, self._run = self._run, None
-        self.cancel_button.setEnabled(False)
+    def _end_run(self, run: _Run, end: JobEnd) -> None:
+        if self._run is run:
+            self._run = None
+            self.cancel_button.setEnabled(False)
         writer = self.controller.writer
         if writer is not None and writer.in_undo_group:
             writer.end_undo_group()
-        if run is None or not end.current:
+        if not end.current:
             self._reset_progress()
             return
         written = f"{len(run.frames)} of {run.range_frames} frames written in {run.progress.elapsed:.1f} s"
         kept = ""
+        if self._run is not None:  # a newer run has started: it owns the status line and the bar
+            return
         if run.kept:
             kept = (f" Your edits of {describe_frames(run.kept)} were left as you made them; they become prompts "
                     "at the next run.")
