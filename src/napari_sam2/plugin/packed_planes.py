@@ -57,6 +57,14 @@ def mask_grid(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
 
 
+def grid_nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a (Y, X) bool ``mask`` (the same arrays, in raster order), found on the grid of its True rows
+    and columns: for one cell of a 2048 x 2048 frame, a quarter of a millisecond instead of 5 ms or more."""
+    rows, cols = mask_grid(mask)
+    ys, xs = np.nonzero(take_grid(mask, rows, cols))
+    return rows[ys], cols[xs]
+
+
 def regrid(
     labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, to_rows: np.ndarray, to_cols: np.ndarray
 ) -> np.ndarray:
