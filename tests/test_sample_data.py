@@ -178,7 +178,9 @@ def test_manifest_is_valid():
     assert manifest.display_name == "SAM 2 tracking"
     assert {s.key for s in manifest.contributions.sample_data} == {"time_lapse", "z_stack"}
     assert [(w.command, w.display_name) for w in manifest.contributions.widgets] == [
-        ("napari-sam2.tracking_widget", "SAM 2 tracking")]
+        ("napari-sam2.tracking_widget", "Segment and track")]
+    # napari's Plugins menu reads "widget (plugin)": the same name twice would say "SAM 2 tracking (SAM 2 tracking)"
+    assert all(w.display_name != manifest.display_name for w in manifest.contributions.widgets)
 
 
 @pytest.mark.parametrize(
