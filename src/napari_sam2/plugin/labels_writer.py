@@ -113,7 +113,8 @@ class LabelsWriter:
         self._known: dict[int, set[int] | _AllIds] = {}
         self._tracked: set[int] = set()
         self._writing = 0
-        self._undo = UndoGroup(layer, self._writing_guard)
+        self._committed_frames: set[int] | None = None  # frames of a group's commit event (see _commit_scope)
+        self._undo = UndoGroup(layer, self._commit_scope)
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data)
 
@@ -301,6 +302,23 @@ class LabelsWriter:
         for t, edit in edits.items():
             if edit.ids:
                 self._edits.setdefault(t, []).append(edit)
+        if self._committed_frames is not None:
+            self._committed_frames.update(edits)
+
+    @contextmanager
+    def _commit_scope(self) -> Iterator[None]:
+        """Around the commit of an undo group: its paint event holds the engine's atoms as well as the user's edits
+        made while the group was open (napari emits nothing for those until then). Once the commit is in the layer,
+        edits that leave a frame as the engine wrote it are dropped, so only the user's remain."""
+        frames = self._committed_frames = set()
+        try:
+            yield
+        finally:
+            self._committed_frames = None
+            for t in sorted(frames):
+                ids = set().union(*(edit.ids for edit in self._edits.get(t, [])))
+                if ids and not self._compare(t, self.read_frame(t), np.asarray(sorted(ids), dtype=np.int64), []):
+                    del self._edits[t]
 
     def _on_data(self, event: Any = None) -> None:
         # layer.data was replaced: the records may no longer describe it.
@@ -369,7 +387,11 @@ class LabelsWriter:
         """
         t = self._check_frame(t)
         wanted = {int(i) for i in as_ids(obj_ids)}
-        return set(self._edited_on(t, wanted)[1]) if wanted else set()
+        if not wanted:
+            return set()
+        if self._undo.active:  # napari emits no paint event for edits made while the group is open: compare
+            return set(self._compare(t, self.read_frame(t), np.asarray(sorted(wanted), dtype=np.int64), []))
+        return set(self._edited_on(t, wanted)[1])
 
     def _edited_on(self, t: int, wanted: set[int]) -> tuple[np.ndarray | None, list[int]]:
         """Non-strict check of frame ``t``: (its plane, or None if not read; the ids of ``wanted`` that differ)."""
