@@ -29,11 +29,20 @@ class FeatureCache:
             self._entries.move_to_end(frame)
             return self._entries[frame]
         features = self._encode(frame)
+        self.put(frame, features)
+        return features
+
+    def peek(self, frame: int) -> ImageFeatures | None:
+        """Features of ``frame`` if cached, without encoding or counting it as recently used."""
+        return self._entries.get(frame)
+
+    def put(self, frame: int, features: ImageFeatures) -> None:
+        """Add the freshly encoded features of ``frame`` (dropping the least recently used beyond capacity)."""
         self.encodes += 1
         self._entries[frame] = features
+        self._entries.move_to_end(frame)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
-        return features
 
     def __contains__(self, frame: int) -> bool:
         return frame in self._entries

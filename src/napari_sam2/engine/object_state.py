@@ -63,7 +63,8 @@ class TrackedObject:
     (the latest is the frame's current prompt); ``pending`` holds results of prompts given since the last propagation (their memory is encoded when
     propagation starts); ``cond`` the conditioning frames (every prompted frame); ``tracked`` the
     results of propagation; ``direction`` maps each tracked or corrected frame to whether it was
-    reached tracking in reverse.
+    reached tracking in reverse. ``revision`` counts the changes to those: anything computed from them (a
+    precomputed memory-conditioning) is valid only while it is unchanged; every change calls :meth:`changed`.
     """
 
     obj_id: int
@@ -73,6 +74,11 @@ class TrackedObject:
     tracked: dict[int, FrameResult] = field(default_factory=dict)
     direction: dict[int, bool] = field(default_factory=dict)
     resident_memories: set[int] = field(default_factory=set)  # tracked frames whose maskmem is kept
+    revision: int = 0
+
+    def changed(self) -> None:
+        """Record a change of the prompts, results or directions (invalidates what was computed from them)."""
+        self.revision += 1
 
     def latest(self, frame: int) -> FrameResult | None:
         """The newest result on ``frame``: a pending prompt, else a conditioning frame, else a tracked one."""
@@ -87,6 +93,7 @@ class TrackedObject:
 
     def record_prompt(self, frame: int, prompt: FramePrompt) -> None:
         """Remember a prompt call; one that does not refine an earlier result starts the frame afresh."""
+        self.changed()
         if prompt.refines_result and frame in self.prompt_steps:
             self.prompt_steps[frame].append(prompt)
         else:

@@ -22,7 +22,7 @@ LRU cache, and per object only the spatial memories that attention can still rea
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.interrupt import Interrupted, checkpoint, stop_when
 from ..model.memory_selection import NUM_MASKMEM, memory_frames, pointer_frames
 from ..model.sam2 import NO_OBJECT_SCORE, ImageFeatures, MemoryItem, SAM2Model
 from .acceleration import autocast, resolve_precision
@@ -38,11 +39,13 @@ from .frames import FrameSource
 from .label_stack import SessionLabels
 from .object_state import FramePrompt, FrameResult, TrackedObject
 from .postprocess import fill_holes, labels_from_logits
+from .precompute import ConditionedCache
 from .prefetch import FramePrefetcher
 from .session_file import load_session, save_session
 
 DIRECTIONS = ("forward", "backward", "both")
 PREV_LOGIT_CLAMP = 32.0  # previous logits fed back as a mask prompt are clamped to +-32, as in the reference
+
 
 FrameOutput = tuple[int, list[int], np.ndarray]
 
@@ -111,6 +114,7 @@ class TrackingSession:
         self.features = FeatureCache(self._encode_frame, capacity=feature_cache_size)
         self._prefetcher = FramePrefetcher(self._model_input, depth=prefetch_frames)
         self._objects: dict[int, TrackedObject] = {}
+        self._precomputed = ConditionedCache()
         self._rgb, self._channel = rgb, channel
 
     # ------------------------------------------------------------------ saving and loading
@@ -183,8 +187,71 @@ class TrackingSession:
         return self._existing(obj_id).prompted_frames()
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes held now: per-object results and memories, and cached image features."""
-        return {"objects": sum(o.nbytes for o in self._objects.values()), "features": self.features.nbytes}
+        """Bytes held now: per-object results and memories, cached image features, and the conditioning
+        kept by :meth:`precompute`."""
+        return {"objects": sum(o.nbytes for o in self._objects.values()), "features": self.features.nbytes,
+                "precomputed": self._precomputed.nbytes}
+
+    # ------------------------------------------------------------------ speculative precompute
+    @torch.inference_mode()
+    def precompute(self, frame: int, obj_id: int | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> bool:
+        """Do ahead of time the work of the next click on ``frame`` (T index), so that the click is instant.
+
+        Encodes the frame into the feature cache; then the next click or box there costs only the prompt
+        encoder and mask decoder. With ``obj_id``, if that object already has a result on ``frame`` that a
+        click would refine through memory attention (a tracked frame, or a prompted frame after
+        propagation), also computes the memory-conditioned features that click would use, so that a
+        correction costs only the SAM heads. Results are exactly those of a plain click; the conditioning
+        is used only while the object is unchanged (any prompt, clear, removal, reset or propagation
+        invalidates it). A new or unknown ``obj_id`` just gets the encode.
+
+        ``should_stop`` is polled during the work (between encoder blocks, memory-attention layers and
+        attention blocks, at most about 0.2 s apart with SAM 2.1 tiny at 1024 px on two CPU cores); once it
+        returns True the call returns False and the session is exactly as before (a stopped encode does not
+        enter the feature cache). Returns True when everything was computed.
+
+        This is an ordinary job on the session, like a click: it must not run concurrently with any other
+        call on the same session (the plugin runs one worker per session at a time).
+        """
+        frame = self.source.check_index(frame)
+        obj = None if obj_id is None else self._objects.get(_check_obj_id(obj_id))
+        needs_conditioning = obj is not None and frame in obj.direction and not self._precomputed.valid_for(obj, frame)
+        try:
+            with stop_when(should_stop):
+                checkpoint()
+                features = self.features.peek(frame)
+                encoded = features is None
+                if encoded:
+                    features = self._encode_image(self._model_input(frame))
+                conditioned = self._condition_speculatively(obj, frame, features) if needs_conditioning else None
+                checkpoint()
+        except Interrupted:
+            return False
+        # Everything is computed: only now does the session change.
+        if encoded:
+            self.features.put(frame, features)
+        else:
+            self.features.get(frame)  # the frame being looked at is the most recently used
+        if conditioned is not None:
+            self._precomputed.store(obj, frame, conditioned)
+        return True
+
+    def _condition_speculatively(self, obj: TrackedObject, frame: int, features: ImageFeatures) -> torch.Tensor:
+        """What :meth:`_condition` returns for a click of ``obj`` on ``frame``, computed without changing the
+        session: spatial memories that were dropped are re-encoded (exactly) but not kept."""
+
+        def memory_of(obj: TrackedObject, t: int, is_cond: bool) -> torch.Tensor:
+            result = (obj.cond if is_cond else obj.tracked)[t]
+            if result.maskmem is not None:
+                return result.maskmem
+            checkpoint()
+            cached = self.features.peek(t)
+            return self._result_memory(result, cached if cached is not None else self._encode_image(self._model_input(t)))
+
+        memories, pointers = self._memory_layout(obj, frame, obj.direction[frame], memory_of)
+        with self._autocast():
+            return self.model.condition_on_memory(features, memories, pointers, self.num_frames)
 
     # ------------------------------------------------------------------ prompts
     @torch.inference_mode()
@@ -304,16 +371,19 @@ class TrackingSession:
             obj.tracked[frame] = result
             obj.resident_memories.add(frame)
             obj.direction.pop(frame, None)
+        obj.changed()
         return frame, self.obj_ids, self._frame_logits(frame)
 
     def remove_object(self, obj_id: int) -> None:
         """Forget an object, its prompts and results; other objects are unaffected."""
         self._existing(obj_id)
         del self._objects[obj_id]
+        self._precomputed.clear()
 
     def reset(self) -> None:
         """Forget every object; cached image features are kept."""
         self._objects.clear()
+        self._precomputed.clear()
 
     def label_image(self, frame: int) -> np.ndarray:
         """(Y, X) label image of a frame from the current results (label = obj_id, 0 = background; where
@@ -406,6 +476,7 @@ class TrackingSession:
         results = []
         for obj in self._objects.values():
             obj.direction[frame] = reverse
+            obj.changed()
             results.append(obj.cond[frame] if frame in obj.cond else obj.tracked[frame])
         return frame, self.obj_ids, self._video_logits(results)
 
@@ -464,8 +535,9 @@ class TrackingSession:
 
     def _encode_frame(self, frame: int) -> ImageFeatures:
         image = self._prefetcher.take(frame)
-        if image is None:
-            image = self._model_input(frame)
+        return self._encode_image(image if image is not None else self._model_input(frame))
+
+    def _encode_image(self, image: torch.Tensor) -> ImageFeatures:
         with self._autocast():
             return self.model.encode_image(image)
 
@@ -486,7 +558,9 @@ class TrackingSession:
             mask_prompt = mask_prompt.clamp(-PREV_LOGIT_CLAMP, PREV_LOGIT_CLAMP)
         initial = frame not in obj.direction
         with self._autocast():
-            conditioned = self._condition(obj, frame, features, obj.direction.get(frame, False), initial=initial)
+            conditioned = self._precomputed.take(obj, frame)
+            if conditioned is None:
+                conditioned = self._condition(obj, frame, features, obj.direction.get(frame, False), initial=initial)
             heads = self.model.predict_masks(conditioned, features.high_res, coords.to(self.device),
                                              labels.to(self.device), mask_input=mask_prompt,
                                              multimask=labels.shape[1] <= 1)
@@ -518,10 +592,13 @@ class TrackingSession:
         memories, pointers = self._memory_layout(obj, frame, reverse)
         return self.model.condition_on_memory(features, memories, pointers, self.num_frames)
 
-    def _memory_layout(self, obj: TrackedObject, frame: int,
-                       reverse: bool) -> tuple[list[MemoryItem], list[tuple[int, torch.Tensor]]]:
-        """The spatial memories and (distance, pointer) pairs that memory attention reads for ``obj`` on ``frame``."""
-        memories = [MemoryItem(self._memory_of(obj, t, t_pos == 0), t_pos)
+    def _memory_layout(self, obj: TrackedObject, frame: int, reverse: bool,
+                       memory_of: Callable[[TrackedObject, int, bool], torch.Tensor] | None = None,
+                       ) -> tuple[list[MemoryItem], list[tuple[int, torch.Tensor]]]:
+        """The spatial memories and (distance, pointer) pairs that memory attention reads for ``obj`` on
+        ``frame``; ``memory_of(obj, t, is_cond)`` gives frame t's spatial memory (default :meth:`_memory_of`)."""
+        memory_of = memory_of or self._memory_of
+        memories = [MemoryItem(memory_of(obj, t, t_pos == 0), t_pos)
                     for t_pos, t in memory_frames(frame, obj.cond, obj.tracked, reverse)]
         pointers = [(distance, (obj.cond if is_cond else obj.tracked)[t].obj_ptr.to(self.device))
                     for distance, t, is_cond in pointer_frames(frame, obj.cond, obj.tracked, reverse,
@@ -538,15 +615,19 @@ class TrackingSession:
         return result.maskmem
 
     def _encode_result_memory(self, frame: int, result: FrameResult) -> None:
-        """Encode a stored result into spatial memory the way the reference does for its origin:
+        """Encode a stored result of ``frame`` into its spatial memory and keep it there."""
+        result.maskmem = self._result_memory(result, self.features.get(frame))
+
+    def _result_memory(self, result: FrameResult, features: ImageFeatures) -> torch.Tensor:
+        """The spatial memory of a stored result, encoded the way the reference does for its origin:
         prompted frames from the hole-filled, binarised mask; tracked frames from the raw logits."""
         logits = result.raw_logits.to(self.device)
         if result.from_prompt:
             logits = self._filled(logits)
         high_res = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
                                  align_corners=False)
-        result.maskmem = self._encode_memory(self.features.get(frame), high_res,
-                                             result.object_score.to(self.device), binarize=result.from_prompt)
+        return self._encode_memory(features, high_res, result.object_score.to(self.device),
+                                   binarize=result.from_prompt)
 
     def _encode_memory(self, features: ImageFeatures, high_res_masks: torch.Tensor, object_score: torch.Tensor,
                        binarize: bool) -> torch.Tensor:
@@ -579,6 +660,7 @@ class TrackingSession:
                 if result.maskmem is None:
                     self._encode_result_memory(frame, result)
                 obj.cond[frame] = result
+                obj.changed()
             obj.pending.clear()
             for frame in obj.cond:
                 obj.tracked.pop(frame, None)

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .interrupt import Interrupted
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,8 @@ class CompiledWithFallback:
         if self.compiled is not None:
             try:
                 return self.compiled(*args, **kwargs)
+            except Interrupted:  # a stop request (model/interrupt.py), not a compiler failure
+                raise
             except Exception as error:  # noqa: BLE001 - any compiler failure: fall back, never lose the run
                 self.error, self.compiled = error, None
                 first_line = (str(error).strip().splitlines() or [""])[0]

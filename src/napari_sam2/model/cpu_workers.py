@@ -21,11 +21,13 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TypeVar
 
 import torch
+
+from .interrupt import current_stop_check, stop_when
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
@@ -40,20 +42,28 @@ def map_blocks(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> list
     """``[work(item) for item in items]``, spread over single-threaded workers, one per CPU thread torch
     may use here. Grad, inference mode and CPU autocast follow the caller's. Falls back to running in the
     caller's thread when workers cannot be kept to one thread (see the module docstring), when torch may
-    use one thread only, and when called from a worker."""
+    use one thread only, and when called from a worker. The caller's stop check (model/interrupt.py)
+    holds in the workers too; when a block fails, the call returns once the blocks already running end."""
     pool = None if len(items) < 2 or getattr(_worker, "active", False) else _pool(torch.get_num_threads())
     if pool is None:
         return [work(item) for item in items]
 
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     autocast, autocast_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    should_stop = current_stop_check()
 
     def in_callers_mode(item: _Item) -> _Result:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad), \
-                torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast):
+                torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast), stop_when(should_stop):
             return work(item)
 
-    return list(pool.map(in_callers_mode, items))
+    futures = [pool.submit(in_callers_mode, item) for item in items]
+    try:
+        return [future.result() for future in futures]
+    finally:  # on an error (an interrupt, say) no block outlives the call
+        for future in futures:
+            future.cancel()
+        wait(futures)
 
 
 def _pool(num_threads: int) -> ThreadPoolExecutor | None:

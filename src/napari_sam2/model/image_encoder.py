@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .common import PositionEmbeddingSine
 from .hiera import Hiera
+from .interrupt import checkpoint
 
 
 class FpnNeck(nn.Module):
@@ -41,6 +42,7 @@ class FpnNeck(nn.Module):
         features: list[Tensor] = [None] * len(xs)  # type: ignore[list-item]
         coarser = None
         for level in range(deepest, -1, -1):  # coarse to fine
+            checkpoint()
             lateral = self.convs[deepest - level](xs[level])
             if level in self.fpn_top_down_levels and coarser is not None:
                 upsampled = F.interpolate(coarser.float(), scale_factor=2.0, mode="nearest")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cpu_workers import map_blocks
+from .interrupt import checkpoint
 from .rope import axial_rope_table, rotate_pairs
 from .two_way_transformer import Attention
 
@@ -121,6 +122,7 @@ class RoPEAttention(Attention):
                   for start in range(0, num_q, _QUERY_CHUNK)]
 
         def weigh(block: tuple[int, slice]) -> Tensor:
+            checkpoint()  # a full-bank block of queries takes ~0.1 s on one core
             b, rows = block
             return softmax_weighted_sum(q[b if q.shape[0] > 1 else 0, :, rows], keys_t[b], v[b])
 
@@ -196,10 +198,11 @@ class MemoryAttentionLayer(nn.Module):
     def attend_memory(self, tgt: Tensor, memory: Tensor, pos: Tensor | None = None,
                       num_k_exclude_rope: int = 0) -> Tensor:
         """The rest of the layer after :meth:`self_attend`: cross-attention to the memory, feed-forward."""
+        checkpoint()
         x = self.norm2(tgt)
         keys = memory if pos is None else memory + pos
         tgt = tgt + self.cross_attn_image(x, keys, memory, num_k_exclude_rope=num_k_exclude_rope)
-
+        checkpoint()
         return tgt + self.feed_forward(self.norm3(tgt))
 
     def feed_forward(self, x: Tensor) -> Tensor:
@@ -209,8 +212,10 @@ class MemoryAttentionLayer(nn.Module):
         if x.device.type != "cpu":
             return self.linear2(F.relu(self.linear1(x)))
         tokens = x.reshape(-1, x.shape[-1])
-        blocks = [self.linear2(F.relu(self.linear1(tokens[start:start + _FFN_CHUNK]), inplace=True))
-                  for start in range(0, tokens.shape[0], _FFN_CHUNK)]
+        blocks = []
+        for start in range(0, tokens.shape[0], _FFN_CHUNK):
+            checkpoint()
+            blocks.append(self.linear2(F.relu(self.linear1(tokens[start:start + _FFN_CHUNK]), inplace=True)))
         return torch.cat(blocks).view(*x.shape[:-1], -1)
 
 
@@ -257,6 +262,7 @@ class MemoryAttention(nn.Module):
             x = self._objects_one_by_one(x, memory, memory_pos, num_obj_ptr_tokens)
         else:
             for layer in self.layers:
+                checkpoint()
                 x = layer(x, memory, memory_pos, num_k_exclude_rope=num_obj_ptr_tokens)
         return self.norm(x).transpose(0, 1)
 
@@ -274,6 +280,7 @@ class MemoryAttention(nn.Module):
             obj_pos = None if memory_pos is None else memory_pos[b:b + 1]
             x = first.attend_memory(shared, obj_memory, obj_pos, num_k_exclude_rope=num_obj_ptr_tokens)
             for layer in rest:
+                checkpoint()
                 x = layer(x, obj_memory, obj_pos, num_k_exclude_rope=num_obj_ptr_tokens)
             outputs.append(x)
         return torch.cat(outputs)

@@ -24,6 +24,7 @@ from .common import MLP, get_1d_sine_pe
 from .compiled import CompiledWithFallback
 from .configs import ModelConfig
 from .image_encoder import build_image_encoder
+from .interrupt import checkpoint
 from .mask_decoder import MaskDecoder
 from .memory_attention import MemoryAttention
 from .memory_encoder import MemoryEncoder
@@ -150,6 +151,7 @@ class SAM2Model(nn.Module):
         """Backbone features of preprocessed images (B, 3, S, S)."""
         out = self._run("image_encoder")(images)
         fpn = out["backbone_fpn"]
+        checkpoint()
         # The mask decoder's high-res projections depend only on the image, so they are applied once
         # here rather than on every click.
         high_res = [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1])]
