@@ -13,7 +13,12 @@ label image into one (Y, X) plane of a Labels layer without disturbing anything 
   (one frame = one undo step, or a whole propagation run = one undo step, see
   :meth:`LabelsWriter.one_undo_step` / :meth:`LabelsWriter.begin_undo_group`) and the displayed slice is updated;
 * **corrections** -- the writer remembers (compressed) what it last wrote on each frame for the tracked ids and
-  reports where the user has since painted or erased a tracked object (:meth:`LabelsWriter.edited_frames`).
+  reports where the user has since painted or erased a tracked object (:meth:`LabelsWriter.edited_frames`, or
+  :meth:`LabelsWriter.edited_ids` for one frame, cheap enough to ask before every write);
+* **removal** -- :meth:`LabelsWriter.clear_object` erases an object from the tracked plane in one undo step.
+
+The pieces live apart: the compressed records in ``packed_planes``, the paint-event parsing in ``edit_detection``,
+the undo grouping in ``undo_group``, id lists and ``next_free_label`` in ``label_ids``.
 
 Axis order follows napari: the layer is (T, Y, X), (T, Z, Y, X) with one Z plane tracked over T, (Z, Y, X) tracked
 along Z, or any other order whose last two axes are (Y, X); pixel coordinates are (row, col) = (y, x).
