@@ -133,12 +133,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
 
-    try:  # napari 0.9 shows a "PyQt5 is deprecated" notice over the canvas on the first show; not for the docs
-        from napari._qt import qt_main_window
-
-        qt_main_window.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
     from napari_sam2.plugin.widget import SAM2TrackingWidget
 
     viewer = napari.Viewer(show=True, title="napari")
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------- 3. propagate forward over the movie
     labels = widget.labels_layer
-    undo_depth = len(labels._undo_history)
+    before_run = np.array(labels.data)
     n_frames = widget.controller.target.num_frames
     half_way = {"shot": False}
 
@@ -202,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     print("status:", widget.status.text(), flush=True)
     if not half_way["shot"]:
         raise RuntimeError("the propagation ended before the half-way screenshot")
-    if len(labels._undo_history) != undo_depth + 1:
-        raise RuntimeError(f"the propagation added {len(labels._undo_history) - undo_depth} undo steps, not 1")
+    after_run = np.array(labels.data)
+    labels.undo()  # the whole run is one undo step: one undo brings back the state before it
+    undone = np.array_equal(np.asarray(labels.data), before_run)
+    labels.redo()
+    if not undone or not np.array_equal(np.asarray(labels.data), after_run):
+        raise RuntimeError("the propagation run is not one undo step")
 
     # ------------------------------------------------------------- 4. paint a correction on a later frame
     frame = args.correction_frame
@@ -216,23 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         labels.preserve_labels = True
         labels.mode = "erase"
         labels.brush_size = 12
-        labels._begin_stroke()  # what napari's mouse binding does around a drag
-        for yy, xx in zip(*np.nonzero(wrong), strict=True):
-            if yy % 3 == 0 and xx % 3 == 0:
+        with labels.block_history():  # one undo step, as one drag of the mouse would be
+            for yy, xx in zip(*np.nonzero(wrong), strict=True):
+                if yy % 3 == 0 and xx % 3 == 0:
+                    labels.paint((frame, yy, xx), 0, refresh=False)
+            for yy, xx in zip(*np.nonzero(np.asarray(labels.data)[frame] == 1), strict=True):  # what the grid missed
                 labels.paint((frame, yy, xx), 0, refresh=False)
-        for yy, xx in zip(*np.nonzero(np.asarray(labels.data)[frame] == 1), strict=True):  # what the grid missed
-            labels.paint((frame, yy, xx), 0, refresh=False)
-        labels._commit_stroke()
         labels.refresh()
         labels.preserve_labels = False
     cell = truth[frame] == 1
     labels.mode = "paint"
     labels.brush_size = 6
-    labels._begin_stroke()  # short strokes over the cell, as a user would paint it
-    for yy, xx in zip(*np.nonzero(cell), strict=True):
-        if yy % 3 == 0 and xx % 3 == 0:
-            labels.paint((frame, yy, xx), 1, refresh=False)
-    labels._commit_stroke()
+    with labels.block_history():  # short strokes over the cell, as a user would paint it
+        for yy, xx in zip(*np.nonzero(cell), strict=True):
+            if yy % 3 == 0 and xx % 3 == 0:
+                labels.paint((frame, yy, xx), 1, refresh=False)
     labels.refresh()
     painted = np.asarray(labels.data)[frame] == 1
     print(f"frame {frame}: painted object 1 = {int(painted.sum())} pixels (the cell has {int(cell.sum())})", flush=True)

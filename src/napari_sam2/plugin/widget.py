@@ -181,7 +181,10 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         self._submit(Job("model replay", work, on_result=done, on_end=self._end_busy_job), busy=True)
 
     def _model_ready(self) -> None:
-        self._say("Model ready. Click on an object in the image (SAM 2 clicks layer) to segment it.")
+        warning = ""
+        if getattr(self.controller.model, "source", "") is None:
+            warning = " It has RANDOM weights: its masks are meaningless shapes (load a known model for real ones)."
+        self._say(f"Model ready. Click on an object in the image (SAM 2 clicks layer) to segment it.{warning}")
         if self.controller.target is None and self.image_layer is not None:
             self._retarget()  # says why the image cannot be tracked
             return
