@@ -172,7 +172,7 @@ def _misfits(root: Path) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize("case, expected", [
+MISFITS = [
     ("outside", "outside.csv, line 3: the click of object 2 at (row, col) = (200, 60) on frame 0 is outside the frame "
                 "of shape (Y, X) = (96, 80)"),
     ("late", "late.csv, line 5: the click of object 1 is on frame 7, but the movie has 4 frame(s) (0..3)"),
@@ -185,7 +185,10 @@ def _misfits(root: Path) -> dict[str, Path]:
     ("npy axes", "points.csv, line 2: the click of object 1 at (row, col) = (30, 25) on frame 0 is outside the frame "
                  "of shape (Y, X) = (4, 96); 3 more click(s) do not fit either; with --axes YXT, movie.npy (4, 96, 80) "
                  "is read as 80 frames of 4 x 96 (Y x X) along T: are the axes right?"),
-])
+]
+
+
+@pytest.mark.parametrize("case, expected", MISFITS, ids=[case for case, _ in MISFITS])
 def test_prompts_that_do_not_fit_the_movie_fail_in_one_line_before_loading_a_model(work, tmp_path, case, expected):
     root, files = work["root"], _misfits(tmp_path)
     movie, prompts, extra = root / "movie.tif", [root / "points.csv"], []

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -225,12 +224,11 @@ def needs_download(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """Hex SHA-256 of a file; cached by path, size and modification time (hashing a large model takes a second)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file as pooch computes it; cached by path, size and modification time (hashing a
+    large model takes a second, and a UI may ask before every load)."""
+    import pooch
+
+    return pooch.file_hash(path, alg="sha256")
 
 
 @contextlib.contextmanager
