@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from .interrupt import checkpoint
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a (B, C, H, W) tensor.
@@ -57,6 +59,7 @@ class MLP(nn.Module):
             x = layer(x)
             if i < last:
                 x = self.act(x)
+                checkpoint()  # between the layers of Hiera's wide MLPs (see interrupt.py)
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
