@@ -18,6 +18,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 # Loaded on first use, so that napari's sample menu and `napari-sam2 --help` do not pay for importing torch.
 _EXPORTS = {
     "FrameError": ".engine.frames",
+    "FrameOutput": ".engine.outputs",
     "labels_from_logits": ".engine.postprocess",
     "TrackingSession": ".engine.session",
     "UnknownObjectError": ".engine.session",
@@ -54,6 +55,7 @@ __all__ = [
     "KNOWN_MODELS",
     "CheckpointError",
     "FrameError",
+    "FrameOutput",
     "SessionFileError",
     "TrackingSession",
     "UnknownObjectError",

@@ -38,6 +38,7 @@ from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .label_stack import SessionLabels
 from .object_state import FramePrompt, FrameResult, TrackedObject
+from .outputs import FrameOutput
 from .postprocess import fill_holes, labels_from_logits
 from .precompute import ConditionedCache
 from .prefetch import FramePrefetcher
@@ -45,9 +46,6 @@ from .session_file import load_session, save_session
 
 DIRECTIONS = ("forward", "backward", "both")
 PREV_LOGIT_CLAMP = 32.0  # previous logits fed back as a mask prompt are clamped to +-32, as in the reference
-
-
-FrameOutput = tuple[int, list[int], np.ndarray]
 
 
 class UnknownObjectError(ValueError):
@@ -275,7 +273,7 @@ class TrackingSession:
         else:
             prompt = FramePrompt(pts, labs)
         self._apply_click_prompt(frame, obj_id, prompt)
-        return frame, self.obj_ids, self._frame_logits(frame)
+        return FrameOutput(frame, self.obj_ids, self._frame_logits(frame))
 
     @torch.inference_mode()
     def add_box(self, frame: int, obj_id: int, box: Sequence[float], points: Any = None,
@@ -298,7 +296,7 @@ class TrackingSession:
         self._check_points(box_corners.reshape(2, 2), [1, 1], allow_empty=False)
         pts, labs = self._check_points(points, labels, allow_empty=True)
         self._apply_click_prompt(frame, obj_id, FramePrompt(pts, labs, box_corners))
-        return frame, self.obj_ids, self._frame_logits(frame)
+        return FrameOutput(frame, self.obj_ids, self._frame_logits(frame))
 
     @torch.inference_mode()
     def add_mask(self, frame: int, obj_id: int, mask: Any) -> FrameOutput:
@@ -316,7 +314,7 @@ class TrackingSession:
                 raise ValueError("mask must be boolean (or 0/1); for a label image pass (labels == obj_id)")
             mask_array = mask_array.astype(bool)
         self._apply_mask_prompt(frame, obj_id, mask_array)
-        return frame, self.obj_ids, self._frame_logits(frame)
+        return FrameOutput(frame, self.obj_ids, self._frame_logits(frame))
 
     @torch.inference_mode()
     def add_labels(self, labels: Any, frames: int | Sequence[int], obj_ids: Sequence[int] | None = None) -> list[int]:
@@ -372,7 +370,7 @@ class TrackingSession:
             obj.resident_memories.add(frame)
             obj.direction.pop(frame, None)
         obj.changed()
-        return frame, self.obj_ids, self._frame_logits(frame)
+        return FrameOutput(frame, self.obj_ids, self._frame_logits(frame))
 
     def remove_object(self, obj_id: int) -> None:
         """Forget an object, its prompts and results; other objects are unaffected."""
@@ -402,10 +400,19 @@ class TrackingSession:
         return SessionLabels(self)
 
     @torch.inference_mode()
-    def frame_logits(self, frame: int) -> tuple[list[int], np.ndarray]:
-        """Current ``(obj_ids, logits)`` of a frame without computing anything new; objects without a
-        result there get -1024 everywhere."""
-        return self.obj_ids, self._frame_logits(self.source.check_index(frame))
+    def frame_logits(self, frame: int, obj_ids: Sequence[int] | None = None) -> tuple[list[int], np.ndarray]:
+        """Current ``(obj_ids, logits)`` of frame ``frame`` (T index) without computing anything new:
+        float32 (n, Y, X) logits at the frame's resolution; objects without a result there get -1024
+        everywhere.
+
+        ``obj_ids`` picks some objects, in that order (default: all, in :attr:`obj_ids` order); only
+        those are upsampled, e.g. to redraw just the object that was clicked.
+        """
+        frame = self.source.check_index(frame)
+        if obj_ids is None:
+            return self.obj_ids, self._frame_logits(frame)
+        objects = [self._existing(_check_obj_id(obj_id)) for obj_id in obj_ids]
+        return [obj.obj_id for obj in objects], self._video_logits([obj.latest(frame) for obj in objects])
 
     # ------------------------------------------------------------------ propagation
     def propagate(self, start: int | None = None, direction: str = "forward",
@@ -478,7 +485,7 @@ class TrackingSession:
             obj.direction[frame] = reverse
             obj.changed()
             results.append(obj.cond[frame] if frame in obj.cond else obj.tracked[frame])
-        return frame, self.obj_ids, self._video_logits(results)
+        return FrameOutput(frame, self.obj_ids, self._video_logits(results))
 
     def _track_objects(self, objects: list[TrackedObject], frame: int, features: ImageFeatures,
                        reverse: bool) -> list[FrameResult]:
