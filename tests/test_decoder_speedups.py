@@ -16,7 +16,7 @@ from numerics import assert_same_computation
 from torch import nn
 
 from napari_sam2.engine.postprocess import HOLE_FILL_LOGIT, fill_holes
-from napari_sam2.model.mask_decoder import MaskDecoder, _stride2_deconv_plus
+from napari_sam2.model.mask_decoder import MaskDecoder, _block_weight, _FrameMemo, _from_blocks, _to_blocks
 from napari_sam2.model.prompt_encoder import PromptEncoder
 from napari_sam2.model.two_way_transformer import Attention, TwoWayTransformer, _project, image_tokens
 
@@ -76,41 +76,106 @@ def test_dense_pe_of_an_inference_buffer_is_not_cached() -> None:
         assert not torch.equal(pe.get_dense_pe(), first)
 
 
-# ------------------------------------------------------------------------------- transposed convolutions
-@pytest.mark.parametrize("batch, addend_batch", [(1, 1), (3, 3), (3, 1)])
+# ------------------------------------------------------------------------------------------ upscaling
+@pytest.mark.parametrize("levels", [1, 2])
+def test_blocked_pixel_order_round_trip(levels: int) -> None:
+    """_to_blocks orders pixels as ``levels`` stride-2 upscalings produce them; _from_blocks undoes it."""
+    h, w, side = 3, 5, 2 ** levels
+    x = torch.arange(2 * 4 * side * h * side * w, dtype=torch.float32).reshape(2, 4, side * h, side * w)
+    blocks = _to_blocks(x, (h, w), levels)
+    assert blocks.shape == (2, h, w, *[2] * (2 * levels), 4)
+    i, j, c = 2, 3, 1
+    offsets = [1, 0, 0, 1][:2 * levels]  # dy1, dx1, dy2, dx2
+    row = side * i + sum(offsets[2 * k] * 2 ** (levels - 1 - k) for k in range(levels))
+    col = side * j + sum(offsets[2 * k + 1] * 2 ** (levels - 1 - k) for k in range(levels))
+    assert blocks[1, i, j, *offsets, c] == x[1, c, row, col]
+    assert torch.equal(_from_blocks(blocks.movedim(-1, 1), levels), x)
+
+
 @pytest.mark.parametrize("c_in, c_out", [(256, 64), (64, 32)])
 @torch.no_grad()
-def test_stride2_deconv_as_one_product(batch: int, addend_batch: int, c_in: int, c_out: int) -> None:
+def test_block_weight_is_the_transposed_convolution(c_in: int, c_out: int) -> None:
+    """pixels (B, h*w, C_in) @ _block_weight = the convolution's 2x2 output blocks, columns (dy, dx, c)."""
     torch.manual_seed(1)
     deconv = nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2)
     h, w = 6, 10
-    x = torch.randn(batch, c_in, h, w)
-    addend = torch.randn(addend_batch, c_out, 2 * h, 2 * w)
-    ours = _stride2_deconv_plus(deconv, x.flatten(2), (h, w), addend)
-    assert ours.shape == (batch, c_out, 2 * h, 2 * w) and ours.is_contiguous()
-    assert_same_computation(ours, deconv(x) + addend, "deconv + addend", atol=1e-5)
-    # strided pixels (the decoder passes its (B, h*w, C) tokens transposed)
-    tokens = x.flatten(2).transpose(1, 2).contiguous()
-    assert_same_computation(_stride2_deconv_plus(deconv, tokens.transpose(1, 2), (h, w), addend), ours,
-                            "deconv of strided pixels", atol=1e-5)
+    x = torch.randn(3, c_in, h, w)
+    blocks = image_tokens(x) @ _block_weight(deconv) + deconv.bias.repeat(4)
+    expected = _to_blocks(deconv(x), (h, w), levels=1).reshape(3, h * w, 4 * c_out)
+    assert_same_computation(blocks, expected, "2x2 transposed convolution", atol=1e-5)
 
 
 @torch.no_grad()
-def test_upscale_matches_the_convolutions() -> None:
-    """The decoder's upscaling path (with and without high-res features) against nn.Sequential as built."""
+def test_masks_match_the_convolutions() -> None:
+    """The decoder's upscaling + per-mask products (with and without high-res features) against the
+    module sequence as built, for one image shared by several prompts and for one image per prompt."""
     torch.manual_seed(2)
     dim, h, w = 64, 4, 6
     for high_res in (True, False):
         md = MaskDecoder(transformer_dim=dim, transformer=nn.Identity(), use_high_res_features=high_res).eval()
-        src = torch.randn(2, dim, h, w)
-        feats = [torch.randn(2, dim // 8, 4 * h, 4 * w), torch.randn(2, dim // 4, 2 * h, 2 * w)]
-        deconv1, norm1, act1, deconv2, act2 = md.output_upscaling
-        if high_res:
-            expected = act2(deconv2(act1(norm1(deconv1(src) + feats[1]))) + feats[0])
-        else:
-            expected = md.output_upscaling(src)
-        ours = md._upscale(image_tokens(src), (h, w), feats if high_res else None)
-        assert_same_computation(ours, expected, f"upscale high_res={high_res}", atol=1e-5)
+        for feat_batch in (1, 2):
+            src = torch.randn(2, dim, h, w)
+            feats = [torch.randn(feat_batch, dim // 8, 4 * h, 4 * w), torch.randn(feat_batch, dim // 4, 2 * h, 2 * w)]
+            hyper_in = torch.randn(2, 4, dim // 8)
+            deconv1, norm1, act1, deconv2, act2 = md.output_upscaling
+            if high_res:
+                upscaled = act2(deconv2(act1(norm1(deconv1(src) + feats[1]))) + feats[0])
+            else:
+                upscaled = md.output_upscaling(src)
+            expected = (hyper_in @ upscaled.flatten(2)).reshape(2, 4, 4 * h, 4 * w)
+            ours = md._masks(image_tokens(src), (h, w), feats if high_res else None, hyper_in)
+            assert ours.shape == expected.shape and ours.is_contiguous()
+            assert_same_computation(ours, expected, f"masks high_res={high_res}", atol=1e-4)
+
+
+@torch.no_grad()
+def test_rearranged_high_res_features_are_kept_per_frame() -> None:
+    """Kept for the same feature tensors; recomputed for new ones, after an in-place change or a new
+    bias; dropped when the features are freed."""
+    torch.manual_seed(3)
+    md = MaskDecoder(transformer_dim=64, transformer=nn.Identity()).eval()
+    feats = [torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8)]
+    first = md._high_res_blocks(feats, (4, 4))
+    assert md._high_res_blocks(feats, (4, 4)) is first
+    assert torch.equal(first[0], md._rearrange_high_res(feats, (4, 4))[0])
+
+    feats[1].add_(1.0)
+    changed = md._high_res_blocks(feats, (4, 4))
+    assert changed is not first and torch.equal(changed[0], md._rearrange_high_res(feats, (4, 4))[0])
+    md.output_upscaling[3].bias.add_(1.0)
+    assert md._high_res_blocks(feats, (4, 4)) is not changed
+
+    other = [f.clone() for f in feats]
+    assert md._high_res_blocks(other, (4, 4)) is not md._high_res_blocks(feats, (4, 4))
+    assert len(md._blocks_memo._entries) == 2
+    del other
+    assert len(md._blocks_memo._entries) == 1  # freed features leave the memo
+
+
+def test_frame_memo_skips_autograd_and_copies_empty() -> None:
+    import copy
+
+    memo = _FrameMemo(capacity=1)
+    x = torch.ones(3, requires_grad=True)
+    calls = []
+    for _ in range(2):
+        memo.get([x], lambda: calls.append(1) or x * 2)
+    assert len(calls) == 2 and not memo._entries  # autograd records: nothing kept
+    with torch.no_grad():
+        memo.get([x], lambda: x * 2)
+        assert len(memo._entries) == 1
+        y = torch.zeros(2)
+        memo.get([y], lambda: y + 1)
+    assert list(memo._entries) == [(id(y),)]  # capacity 1: the older entry went
+    assert not copy.deepcopy(memo)._entries
+
+
+def test_frame_memo_of_inference_tensors() -> None:
+    memo = _FrameMemo()
+    with torch.inference_mode():
+        x = torch.ones(3)
+        first = memo.get([x], lambda: x * 2)
+        assert memo.get([x], lambda: x * 3) is first
 
 
 # ----------------------------------------------------------------------------------------- transformer

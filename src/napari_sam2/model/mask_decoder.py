@@ -9,11 +9,91 @@ Parameter names follow the SAM 2 checkpoint (``sam_mask_decoder.*``).
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLP, LayerNorm2d
 from .two_way_transformer import image_tokens
+
+# Intra-op threads for a single prompt on the CPU (a click); see single_prompt_cpu_threads.
+SINGLE_PROMPT_CPU_THREADS = 1
+
+
+@contextmanager
+def single_prompt_cpu_threads(batch: int, device: torch.device) -> Iterator[None]:
+    """Run a single prompt's heads on the CPU with ``SINGLE_PROMPT_CPU_THREADS`` intra-op threads.
+
+    The heads of one prompt are ~150 ops on 64x64..256x256 maps, each too small to gain much from
+    being split across cores, and every split waits for all cores at its end: on a machine that is busy
+    elsewhere (the napari GUI, another process) each such wait can take a scheduler slice, and a click
+    took 0.5-1.5 s with two threads against 0.15-0.25 s with one on this project's loaded 2-core VM.
+    Batches (several objects while propagating) keep the caller's setting. torch's thread count is per
+    calling thread for OpenMP and MKL, so other threads' work is not affected; it is restored on exit.
+    """
+    before = torch.get_num_threads()
+    if device.type != "cpu" or batch != 1 or before <= SINGLE_PROMPT_CPU_THREADS:
+        yield
+        return
+    torch.set_num_threads(SINGLE_PROMPT_CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _FrameMemo:
+    """Results computed from a few tensors, kept while those exact tensors live and are unchanged.
+
+    An entry is found again only for the very same tensor objects (held by weak reference: it is dropped
+    as soon as one of them is freed, e.g. when the feature cache evicts a frame) with the same in-place
+    version counters. Inference-mode tensors have no version counter; they are taken as immutable, as
+    the session's cached image features are. Nothing is kept while autograd records (a kept result
+    would detach the graph), and at most ``capacity`` entries are (the most recently used).
+    """
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[int, ...], tuple[list[weakref.ref], tuple, Any]] = OrderedDict()
+
+    def get(self, depends_on: list[Tensor], compute: Callable[[], Any]) -> Any:
+        """``compute()``, or its kept result for these ``depends_on`` tensors."""
+        if torch.is_grad_enabled() and any(t.requires_grad for t in depends_on):
+            return compute()
+        key = tuple(id(t) for t in depends_on)
+        versions = tuple(None if t.is_inference() else t._version for t in depends_on)
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] == versions and all(r() is t for r, t in zip(entry[0], depends_on)):
+            self._entries.move_to_end(key)
+            return entry[2]
+        result = compute()
+
+        def forget(_: weakref.ref, key: tuple[int, ...] = key) -> None:
+            self._entries.pop(key, None)
+
+        self._entries[key] = ([weakref.ref(t, forget) for t in depends_on], versions, result)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return result
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __deepcopy__(self, memo: dict) -> _FrameMemo:
+        return _FrameMemo(self.capacity)  # a copied model starts empty (weak references do not copy)
+
+    def __getstate__(self) -> dict:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["capacity"])
 
 
 class MaskDecoder(nn.Module):
@@ -76,6 +156,7 @@ class MaskDecoder(nn.Module):
         if pred_obj_scores:
             self.pred_obj_score_head = MLP(dim, dim, 1, 3) if pred_obj_scores_mlp else nn.Linear(dim, 1)
 
+        self._blocks_memo = _FrameMemo()
         self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
         self.dynamic_multimask_stability_delta = dynamic_multimask_stability_delta
         self.dynamic_multimask_stability_thresh = dynamic_multimask_stability_thresh
@@ -106,16 +187,17 @@ class MaskDecoder(nn.Module):
             masks (B, M, 4h, 4w) logits, iou_pred (B, M), sam_tokens_out (B, M', C) for the object
             pointer, object_score_logits (B, 1); M = 3 with multimask output, else 1.
         """
-        masks, iou_pred, mask_tokens_out, object_score_logits = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-            repeat_image, high_res_features)
+        with single_prompt_cpu_threads(sparse_prompt_embeddings.shape[0], sparse_prompt_embeddings.device):
+            masks, iou_pred, mask_tokens_out, object_score_logits = self.predict_masks(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                repeat_image, high_res_features)
 
-        if multimask_output:
-            masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
-        elif self.dynamic_multimask_via_stability and not self.training:
-            masks, iou_pred = self._dynamic_multimask_via_stability(masks, iou_pred)
-        else:
-            masks, iou_pred = masks[:, 0:1], iou_pred[:, 0:1]
+            if multimask_output:
+                masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
+            elif self.dynamic_multimask_via_stability and not self.training:
+                masks, iou_pred = self._dynamic_multimask_via_stability(masks, iou_pred)
+            else:
+                masks, iou_pred = masks[:, 0:1], iou_pred[:, 0:1]
 
         # The object pointer comes from the single-mask token unless multimask tokens are requested;
         # in particular the stability fallback above does not change the token.
@@ -157,11 +239,9 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, first_mask - 1]
         mask_tokens_out = hs[:, first_mask:first_mask + self.num_mask_tokens]
 
-        upscaled = self._upscale(src, (h, w), high_res_features)
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
                                dim=1)
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        masks = self._masks(src, (h, w), high_res_features, hyper_in)
 
         iou_pred = self.iou_prediction_head(iou_token_out)
         if self.pred_obj_scores:
@@ -170,16 +250,48 @@ class MaskDecoder(nn.Module):
             object_score_logits = iou_pred.new_full((iou_pred.shape[0], 1), 10.0)
         return masks, iou_pred, mask_tokens_out, object_score_logits
 
-    def _upscale(self, tokens: Tensor, grid: tuple[int, int], high_res_features: list[Tensor] | None) -> Tensor:
-        """Image tokens (B, h*w, C) -> (B, C/8, 4h, 4w), adding the high-res features after each transposed conv."""
-        deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
+    def _masks(self, tokens: Tensor, grid: tuple[int, int], high_res_features: list[Tensor] | None,
+               hyper_in: Tensor) -> Tensor:
+        """Mask logits (B, M, 4h, 4w): image tokens (B, h*w, C) upscaled 4x, times each of the M per-mask
+        classifiers ``hyper_in`` (B, M, C/8)."""
         if not self.use_high_res_features:
-            return act2(deconv2(act1(norm1(deconv1(tokens.transpose(1, 2).unflatten(2, grid))))))
+            upscaled = self.output_upscaling(tokens.transpose(1, 2).unflatten(2, grid))
+            return (hyper_in @ upscaled.flatten(2)).unflatten(2, upscaled.shape[-2:])
         if high_res_features is None:
             raise ValueError("this decoder needs high_res_features")
+        deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
+        addend1, addend0 = self._high_res_blocks(high_res_features, grid)
+        batch = tokens.shape[0]
+        # Rows (i, j) of the h x w grid, columns (dy, dx, c) of each pixel's 2x2 output block: the
+        # transposed convolution as one product, added onto the (bias-shifted) stride-8 features.
+        x = torch.baddbmm(addend1, tokens, _block_weight(deconv1).expand(batch, -1, -1))
+        x = act1(F.layer_norm(x.view(batch, -1, deconv1.out_channels), (deconv1.out_channels,),
+                              norm1.weight, norm1.bias, norm1.eps))  # LayerNorm2d over c: rows (i, j, dy, dx)
+        x = act2(torch.baddbmm(addend0, x, _block_weight(deconv2).expand(batch, -1, -1)))
+        # x: rows (i, j, dy1, dx1), columns (dy2, dx2, c) -> per-pixel features in blocked pixel order.
+        blocked = hyper_in @ x.view(batch, -1, deconv2.out_channels).transpose(1, 2)
+        return _from_blocks(blocked.view(batch, -1, *grid, 2, 2, 2, 2), levels=2)
+
+    def _high_res_blocks(self, high_res_features: list[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The stride-8 and stride-4 features in the row / column order of the upscaling's two products,
+        each deconvolution's bias added: (B, h*w, 4*C/4) and (B, 4*h*w, 4*C/8), contiguous.
+
+        Rearranging them is a strided pass over 3M values, as slow as the rest of the upscaling, and they
+        belong to a frame: every click on it, and every object on it while propagating, uses the same. So
+        the result is kept for the last few feature tensors (see :class:`_FrameMemo`).
+        """
+        deconv1, _, _, deconv2, _ = self.output_upscaling
+        depends_on = [*high_res_features, deconv1.bias, deconv2.bias]
+        return self._blocks_memo.get(depends_on, lambda: self._rearrange_high_res(high_res_features, grid))
+
+    def _rearrange_high_res(self, high_res_features: list[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """:meth:`_high_res_blocks`, computed."""
         feat_s0, feat_s1 = high_res_features
-        x = act1(norm1(_stride2_deconv_plus(deconv1, tokens.transpose(1, 2), grid, feat_s1)))
-        return act2(_stride2_deconv_plus(deconv2, x.flatten(2), (2 * grid[0], 2 * grid[1]), feat_s0))
+        deconv1, _, _, deconv2, _ = self.output_upscaling
+        blocks1 = _to_blocks(feat_s1, grid, levels=1) + deconv1.bias
+        blocks0 = _to_blocks(feat_s0, grid, levels=2) + deconv2.bias
+        return blocks1.reshape(feat_s1.shape[0], grid[0] * grid[1], -1), \
+            blocks0.reshape(feat_s0.shape[0], 4 * grid[0] * grid[1], -1)
 
     def _stability_scores(self, mask_logits: Tensor) -> Tensor:
         """IoU between the masks thresholded at +delta and at -delta (1 where the latter is empty)."""
@@ -204,25 +316,30 @@ class MaskDecoder(nn.Module):
         return masks, ious
 
 
-def _stride2_deconv_plus(deconv: nn.ConvTranspose2d, x: Tensor, grid: tuple[int, int], addend: Tensor) -> Tensor:
-    """``deconv(x) + addend`` for a 2x2, stride-2 transposed convolution, as one matrix product.
+def _block_weight(deconv: nn.ConvTranspose2d) -> Tensor:
+    """A 2x2, stride-2 transposed convolution's weight as a (C_in, 4*C_out) matrix, columns (dy, dx, c_out)."""
+    return deconv.weight.permute(0, 2, 3, 1).reshape(deconv.in_channels, -1)
 
-    Such a convolution maps every input pixel to its own 2x2 output block, so it is a (C_out*4, C_in)
-    matrix times the (C_in, h*w) pixels; the product's rows are ordered (c_out, dy, dx), and the
-    pixel shuffle into (C_out, 2h, 2w) happens inside the addition of ``addend``, as a strided view, so
-    no separate pass over the output is needed. On the CPU this is 3-4x faster than the convolution
-    routine for these shapes; the sums are the same, up to float32 rounding.
 
-    Args:
-        x: (B, C_in, h*w) input pixels (any strides).
-        grid: (h, w).
-        addend: (B or 1, C_out, 2h, 2w), added to the convolution's output.
+def _to_blocks(x: Tensor, grid: tuple[int, int], levels: int) -> Tensor:
+    """(B, C, 2^L h, 2^L w) map -> strided view (B, h, w, dy1, dx1, ..., dyL, dxL, C).
+
+    Pixel (row, col) = (2^L i + sum_k 2^(L-k) dy_k, 2^L j + sum_k 2^(L-k) dx_k): the order in which L
+    stride-2 upscalings of the h x w grid produce their pixels.
     """
-    c_in, c_out = deconv.weight.shape[:2]
+    b, c = x.shape[:2]
     h, w = grid
-    weight = deconv.weight.reshape(c_in, c_out * 4).t()
-    bias = deconv.bias.repeat_interleave(4)[:, None]
-    blocks = torch.baddbmm(bias, weight.expand(x.shape[0], -1, -1), x)  # (B, C_out*4, h*w)
-    shuffled = blocks.view(-1, c_out, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)  # (B, C_out, h, 2, w, 2)
-    out = addend.view(addend.shape[0], c_out, h, 2, w, 2) + shuffled
-    return out.reshape(out.shape[0], c_out, 2 * h, 2 * w)
+    view = x.view(b, c, h, *[2] * levels, w, *[2] * levels)  # (b, c, i, dy1..dyL, j, dx1..dxL)
+    order = [0, 2, 3 + levels]
+    for k in range(levels):
+        order += [3 + k, 4 + levels + k]
+    return view.permute(*order, 1)
+
+
+def _from_blocks(x: Tensor, levels: int) -> Tensor:
+    """(B, C, h, w, dy1, dx1, ..., dyL, dxL) blocked pixels -> contiguous (B, C, 2^L h, 2^L w)."""
+    b, c, h, w = x.shape[:4]
+    rows = [4 + 2 * k for k in range(levels)]
+    cols = [5 + 2 * k for k in range(levels)]
+    side = 2 ** levels
+    return x.permute(0, 1, 2, *rows, 3, *cols).reshape(b, c, side * h, side * w)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .common import LayerNorm2d
+from .mask_decoder import single_prompt_cpu_threads
 
 # Point labels understood by the encoder.
 LABEL_NOT_A_POINT = -1
@@ -174,7 +175,8 @@ class PromptEncoder(nn.Module):
         sparse = torch.cat(sparse_parts, dim=1)
 
         if masks is not None:
-            dense = self.mask_downscaling(masks)
+            with single_prompt_cpu_threads(batch, masks.device):
+                dense = self.mask_downscaling(masks)
         else:
             h, w = self.image_embedding_size
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
