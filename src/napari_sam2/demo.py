@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model = load_model(args.model, image_size=args.image_size, verbose=False)
     print(f"model {describe_model(model)}")
+    if model.source is None:
+        print("NOTE: these are RANDOM weights (nothing was downloaded): the masks below are meaningless shapes; "
+              "the run only shows that every step works and how long it takes. For real segmentation: "
+              "python -m napari_sam2.demo sam2.1_hiera_tiny")
     session = TrackingSession(model, movie)
     start = time.perf_counter()
     session.add_points(0, obj_id=1, points=[[77, 77]], labels=[1])
