@@ -147,9 +147,9 @@ def test_rearranged_high_res_features_are_kept_per_frame() -> None:
 
     other = [f.clone() for f in feats]
     assert md._high_res_blocks(other, (4, 4)) is not md._high_res_blocks(feats, (4, 4))
-    assert len(md._blocks_memo._entries) == 2
+    assert len(md._blocks_memo) == 2
     del other
-    assert len(md._blocks_memo._entries) == 1  # freed features leave the memo
+    assert len(md._blocks_memo) == 1  # freed features leave the memo
 
 
 def test_frame_memo_skips_autograd_and_copies_empty() -> None:
@@ -160,14 +160,14 @@ def test_frame_memo_skips_autograd_and_copies_empty() -> None:
     calls = []
     for _ in range(2):
         memo.get([x], lambda: calls.append(1) or x * 2)
-    assert len(calls) == 2 and not memo._entries  # autograd records: nothing kept
+    assert len(calls) == 2 and not len(memo)  # autograd records: nothing kept
     with torch.no_grad():
         memo.get([x], lambda: x * 2)
-        assert len(memo._entries) == 1
+        assert len(memo) == 1
         y = torch.zeros(2)
         memo.get([y], lambda: y + 1)
     assert list(memo._entries) == [(id(y),)]  # capacity 1: the older entry went
-    assert not copy.deepcopy(memo)._entries
+    assert not len(copy.deepcopy(memo))
 
 
 def test_frame_memo_of_inference_tensors() -> None:

@@ -9,6 +9,7 @@ Parameter names follow the SAM 2 checkpoint (``sam_mask_decoder.*``).
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -34,8 +35,9 @@ def single_prompt_cpu_threads(batch: int, device: torch.device) -> Iterator[None
     being split across cores, and every split waits for all cores at its end: on a machine that is busy
     elsewhere (the napari GUI, another process) each such wait can take a scheduler slice, and a click
     took 0.5-1.5 s with two threads against 0.15-0.25 s with one on this project's loaded 2-core VM.
-    Batches (several objects while propagating) keep the caller's setting. torch's thread count is per
-    calling thread for OpenMP and MKL, so other threads' work is not affected; it is restored on exit.
+    Batches (several objects while propagating) keep the caller's setting. The setting is restored on
+    exit; while it holds, only the calling thread's OpenMP / MKL count changes (threads already running
+    keep theirs, a thread that first uses torch meanwhile starts with one).
     """
     before = torch.get_num_threads()
     if device.type != "cpu" or batch != 1 or before <= SINGLE_PROMPT_CPU_THREADS:
@@ -51,16 +53,19 @@ def single_prompt_cpu_threads(batch: int, device: torch.device) -> Iterator[None
 class _FrameMemo:
     """Results computed from a few tensors, kept while those exact tensors live and are unchanged.
 
-    An entry is found again only for the very same tensor objects (held by weak reference: it is dropped
-    as soon as one of them is freed, e.g. when the feature cache evicts a frame) with the same in-place
-    version counters. Inference-mode tensors have no version counter; they are taken as immutable, as
-    the session's cached image features are. Nothing is kept while autograd records (a kept result
-    would detach the graph), and at most ``capacity`` entries are (the most recently used).
+    An entry is found again only for the very same tensor objects (held by weak reference: once one of
+    them is freed, e.g. when the feature cache evicts a frame, its entry can no longer match and goes at
+    the next lookup) with the same in-place version counters. Inference-mode tensors have no version
+    counter; they are taken as immutable, as the session's cached image features are. Nothing is kept
+    while autograd records (a kept result would detach the graph), and at most ``capacity`` entries are
+    (the most recently used). Safe to use from several threads.
     """
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[tuple[int, ...], tuple[list[weakref.ref], tuple, Any]] = OrderedDict()
+        self._freed: list[tuple[int, ...]] = []  # keys whose tensors died (appended by weakref callbacks)
+        self._lock = threading.Lock()
 
     def get(self, depends_on: list[Tensor], compute: Callable[[], Any]) -> Any:
         """``compute()``, or its kept result for these ``depends_on`` tensors."""
@@ -68,23 +73,37 @@ class _FrameMemo:
             return compute()
         key = tuple(id(t) for t in depends_on)
         versions = tuple(None if t.is_inference() else t._version for t in depends_on)
-        entry = self._entries.get(key)
-        if entry is not None and entry[1] == versions and all(r() is t for r, t in zip(entry[0], depends_on)):
-            self._entries.move_to_end(key)
-            return entry[2]
+        with self._lock:
+            self._drop_freed()
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] == versions and all(r() is t for r, t in zip(entry[0], depends_on)):
+                self._entries.move_to_end(key)
+                return entry[2]
         result = compute()
-
-        def forget(_: weakref.ref, key: tuple[int, ...] = key) -> None:
-            self._entries.pop(key, None)
-
-        self._entries[key] = ([weakref.ref(t, forget) for t in depends_on], versions, result)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        # A callback only records the key: it may run inside any allocation, even one made here.
+        refs = [weakref.ref(t, lambda _, key=key: self._freed.append(key)) for t in depends_on]
+        with self._lock:
+            self._entries[key] = (refs, versions, result)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
         return result
 
+    def _drop_freed(self) -> None:
+        while self._freed:
+            key = self._freed.pop()
+            entry = self._entries.get(key)
+            if entry is not None and any(r() is None for r in entry[0]):
+                del self._entries[key]
+
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._drop_freed()
+            return len(self._entries)
 
     def __deepcopy__(self, memo: dict) -> _FrameMemo:
         return _FrameMemo(self.capacity)  # a copied model starts empty (weak references do not copy)
@@ -329,7 +348,7 @@ def _to_blocks(x: Tensor, grid: tuple[int, int], levels: int) -> Tensor:
     """
     b, c = x.shape[:2]
     h, w = grid
-    view = x.view(b, c, h, *[2] * levels, w, *[2] * levels)  # (b, c, i, dy1..dyL, j, dx1..dxL)
+    view = x.reshape(b, c, h, *[2] * levels, w, *[2] * levels)  # (b, c, i, dy1..dyL, j, dx1..dxL)
     order = [0, 2, 3 + levels]
     for k in range(levels):
         order += [3 + k, 4 + levels + k]
