@@ -12,6 +12,7 @@ from numerics import assert_same_computation
 from session_support import cells_movie, small_model
 
 from napari_sam2 import TrackingSession
+from napari_sam2.engine import prompting
 from napari_sam2.model import cpu_workers, interrupt
 from napari_sam2.model.memory_attention import MemoryAttention
 
@@ -38,16 +39,16 @@ def tracked_session(model) -> TrackingSession:
     return session
 
 
-def count_conditioning(session: TrackingSession, monkeypatch) -> list[int]:
+def count_conditioning(monkeypatch) -> list[int]:
     """Record the frames on which a click runs memory conditioning itself."""
     calls: list[int] = []
-    plain = session._condition
+    plain = prompting.condition
 
-    def counted(obj, frame, *args, **kwargs):
+    def counted(runtime, obj, frame, *args, **kwargs):
         calls.append(frame)
-        return plain(obj, frame, *args, **kwargs)
+        return plain(runtime, obj, frame, *args, **kwargs)
 
-    monkeypatch.setattr(session, "_condition", counted)
+    monkeypatch.setattr(prompting, "condition", counted)
     return calls
 
 
@@ -81,7 +82,7 @@ def test_correction_on_a_precomputed_tracked_frame_equals_a_plain_one(model, mon
     after = snapshot(session)
     assert after["objects"] == before["objects"]  # re-encoded memories were not kept
     assert 5 in session.features and session.memory_bytes()["precomputed"] == 256 * 8 * 8 * 4
-    calls = count_conditioning(session, monkeypatch)
+    calls = count_conditioning(monkeypatch)
     encodes = session.features.encodes
     corrected = session.add_points(*CORRECTION)
     assert calls == [] and session.features.encodes == encodes  # only the heads ran
@@ -97,7 +98,7 @@ def test_correction_on_a_precomputed_tracked_frame_equals_a_plain_one(model, mon
 def test_box_uses_the_precomputed_conditioning_too(model, monkeypatch):
     session, plain = tracked_session(model), tracked_session(model)
     assert session.precompute(5, obj_id=1)
-    calls = count_conditioning(session, monkeypatch)
+    calls = count_conditioning(monkeypatch)
     box = session.add_box(5, 1, (40, 30, 60, 50))
     assert calls == []
     assert np.array_equal(box[2], plain.add_box(5, 1, (40, 30, 60, 50))[2])
@@ -151,7 +152,7 @@ def test_a_stale_precomputed_conditioning_is_not_used(model, monkeypatch, change
         session.add_points(0, 1, [(30, 25)], [1])
         list(session.propagate(max_frames=5))
     assert not session._precomputed.valid_for(session._objects[1], 5)
-    calls = count_conditioning(session, monkeypatch)
+    calls = count_conditioning(monkeypatch)
     session.add_points(*CORRECTION)
     assert calls == [5]  # computed afresh, by the plain click's own code
 

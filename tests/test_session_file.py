@@ -9,7 +9,8 @@ import pytest
 from lazy_frames import LazyFrames
 from session_support import cells_movie, small_model
 
-from napari_sam2 import SessionFileError, TrackingSession, labels_from_logits, tracks_from_labels, write_label_tiff
+from napari_sam2 import (SessionFileError, TrackingSession, labels_from_logits, load_session, save_session,
+                         tracks_from_labels, write_label_tiff)
 from napari_sam2.engine.session_file import decode_mask_rle, encode_mask_rle
 
 
@@ -37,7 +38,7 @@ def prompted_session(model, movie) -> TrackingSession:
 def test_saved_session_reopens_with_identical_prompts_and_results(model, tmp_path):
     movie = cells_movie(6)
     original = prompted_session(model, movie)
-    path = original.save(tmp_path / "cells.session.json")
+    path = save_session(original, tmp_path / "cells.session.json")
 
     document = json.loads(path.read_text())  # plain, human-readable JSON
     assert document["format"] == "napari-sam2 session" and document["version"] == 1
@@ -53,7 +54,7 @@ def test_saved_session_reopens_with_identical_prompts_and_results(model, tmp_pat
     assert "[30.5, 25.25]" in path.read_text()  # a point is one line, not four
 
     frames = LazyFrames(movie)
-    reopened = TrackingSession.load(path, frames, model)
+    reopened = load_session(path, frames, model)
     assert reopened.obj_ids == [1, 7, 3]
     assert reopened.fill_hole_area == 4 and reopened.source.mapping.low == 250
     for obj_id in original.obj_ids:
@@ -71,12 +72,12 @@ def test_saved_session_reopens_with_identical_prompts_and_results(model, tmp_pat
 
 def test_load_refuses_another_movie_shape_and_warns_on_another_model(model, tmp_path):
     movie = cells_movie(4)
-    path = prompted_session(model, movie).save(tmp_path / "s.json")
+    path = save_session(prompted_session(model, movie), tmp_path / "s.json")
     with pytest.raises(SessionFileError, match=r"saved for a movie of shape \(4, 96, 80\).*\(5, 96, 80\)"):
-        TrackingSession.load(path, cells_movie(5), model)
+        load_session(path, cells_movie(5), model)
     other = small_model(image_size=96)
     with pytest.warns(UserWarning, match="image size 128.*image size 96"):
-        TrackingSession.load(path, movie, other)
+        load_session(path, movie, other)
 
 
 def test_correction_on_a_tracked_frame_is_flagged_and_warned_about(model, tmp_path):
@@ -85,48 +86,48 @@ def test_correction_on_a_tracked_frame_is_flagged_and_warned_about(model, tmp_pa
     session.add_points(0, 1, [[30, 25]], [1])
     list(session.propagate())
     session.add_points(2, 1, [[36, 29]], [0])  # a correction of the tracked mask on frame 2
-    document = json.loads(session.save(tmp_path / "s.json").read_text())
+    document = json.loads(save_session(session, tmp_path / "s.json").read_text())
     entries = {e["frame"]: e for e in document["objects"][0]["prompts"]}
     assert entries[2].get("corrects_tracked_result") is True and "corrects_tracked_result" not in entries[0]
     with pytest.warns(UserWarning, match="object 1 frame 2 were made on tracked results"):
-        reopened = TrackingSession.load(tmp_path / "s.json", movie, model)
+        reopened = load_session(tmp_path / "s.json", movie, model)
     assert reopened.prompted_frames(1) == [0, 2]
 
 
 def test_load_overrides_and_bad_files(model, tmp_path):
     movie = cells_movie(4)
-    path = prompted_session(model, movie).save(tmp_path / "s.json")
-    reopened = TrackingSession.load(path, movie, model, contrast_limits=(0, 4000), fill_hole_area=0)
+    path = save_session(prompted_session(model, movie), tmp_path / "s.json")
+    reopened = load_session(path, movie, model, contrast_limits=(0, 4000), fill_hole_area=0)
     assert (reopened.source.mapping.low, reopened.source.mapping.high) == (0, 4000)
     assert reopened.fill_hole_area == 0
 
     with pytest.raises(SessionFileError, match="does not exist"):
-        TrackingSession.load(tmp_path / "missing.json", movie, model)
+        load_session(tmp_path / "missing.json", movie, model)
     (tmp_path / "garbage.json").write_bytes(b"\x00\x01 not json")
     with pytest.raises(SessionFileError, match="not a napari-sam2 session file"):
-        TrackingSession.load(tmp_path / "garbage.json", movie, model)
+        load_session(tmp_path / "garbage.json", movie, model)
     (tmp_path / "other.json").write_text('{"hello": 1}')
     with pytest.raises(SessionFileError, match="not a napari-sam2 session file"):
-        TrackingSession.load(tmp_path / "other.json", movie, model)
+        load_session(tmp_path / "other.json", movie, model)
     newer = json.loads(path.read_text())
     newer["version"] = 99
     (tmp_path / "newer.json").write_text(json.dumps(newer))
     with pytest.raises(SessionFileError, match="version 99.*Upgrade"):
-        TrackingSession.load(tmp_path / "newer.json", movie, model)
+        load_session(tmp_path / "newer.json", movie, model)
     broken = json.loads(path.read_text())
     broken["objects"][2]["prompts"][0]["mask_rle"] = [5, 5]
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(SessionFileError, match="does not match the frame shape"):
-        TrackingSession.load(tmp_path / "broken.json", movie, model)
+        load_session(tmp_path / "broken.json", movie, model)
 
 
 def test_save_replaces_the_file_atomically(model, tmp_path):
     movie = cells_movie(3)
     session = TrackingSession(model, movie)
     session.add_points(0, 1, [[30, 25]], [1])
-    path = session.save(tmp_path / "s.json")
+    path = save_session(session, tmp_path / "s.json")
     session.add_points(1, 2, [[40, 40]], [1])
-    session.save(path)
+    save_session(session, path)
     assert [o["obj_id"] for o in json.loads(path.read_text())["objects"]] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]  # no temporary file left behind
     (tmp_path / "plain.txt").write_text("")  # the session file gets the permissions any new file gets

@@ -2,7 +2,7 @@
 
 Scripting entry points::
 
-    from napari_sam2 import load_model, TrackingSession, labels_from_logits
+    from napari_sam2 import load_model, TrackingSession, labels_from_logits, save_session, load_session
 
 Axis order and coordinates follow napari: movies are (T, Y, X[, C]); points are (row, col) = (y, x).
 """
@@ -23,6 +23,8 @@ _EXPORTS = {
     "TrackingSession": ".engine.session",
     "UnknownObjectError": ".engine.session",
     "SessionFileError": ".engine.session_file",
+    "load_session": ".engine.session_file",
+    "save_session": ".engine.session_file",
     "tracks_from_labels": ".exports",
     "write_ctc": ".exports",
     "write_label_tiff": ".exports",
@@ -65,6 +67,8 @@ __all__ = [
     "describe_model",
     "labels_from_logits",
     "load_model",
+    "load_session",
+    "save_session",
     "tracks_from_labels",
     "write_ctc",
     "write_label_tiff",

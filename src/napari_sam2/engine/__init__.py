@@ -1,1 +1,11 @@
-"""The tracking engine: frame streaming, feature caching and the tracking session (no Qt here)."""
+"""The tracking engine: frame streaming, feature caching and the tracking session (no Qt here).
+
+Axes follow napari: movies are (T, Y, X[, C]), points (row, col) = (y, x).
+"""
+
+from .outputs import FrameOutput
+from .session import TrackingSession, UnknownObjectError
+from .session_file import SessionFileError, load_session, save_session
+
+__all__ = ["FrameOutput", "SessionFileError", "TrackingSession", "UnknownObjectError", "load_session",
+           "save_session"]

@@ -5,6 +5,13 @@ masks) in napari (row, col) = (y, x) frame coordinates, object ids, intensity an
 settings, the model's name and the movie's shape. JSON keeps it human-readable and diffable; masks
 are run-length encoded. Results are not stored: they are recomputed from the prompts (one decoder pass
 per prompted frame on load, ``propagate()`` for the rest), which keeps files small and exact.
+
+A layer above :mod:`napari_sam2.engine.session`: it uses the session's public API only, and the session
+does not know about files::
+
+    from napari_sam2 import load_session, save_session
+    save_session(session, "movie.session.json")
+    session = load_session("movie.session.json", movie, model)
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ import numpy as np
 
 from ..atomic import atomic_target
 from .object_state import FramePrompt
+from .session import TrackingSession
 
 if TYPE_CHECKING:
     from ..model.sam2 import SAM2Model
-    from .session import TrackingSession
 
 FORMAT_NAME = "napari-sam2 session"
 FORMAT_VERSION = 1
@@ -33,7 +40,9 @@ class SessionFileError(ValueError):
 
 
 def save_session(session: TrackingSession, path: str | os.PathLike) -> Path:
-    """Write ``session``'s prompts and settings to ``path`` (JSON), replacing the file atomically."""
+    """Write every object's prompts (napari (row, col) coordinates), the object ids, the settings and the
+    model's name of ``session`` to ``path`` (JSON), replacing the file atomically; returns the path.
+    Results are not saved: :func:`load_session` recomputes them."""
     path = Path(path)
     model = session.model
     document = {
@@ -74,12 +83,14 @@ def read_session_file(path: str | os.PathLike) -> dict[str, Any]:
     return document
 
 
-def load_session(path: str | os.PathLike, frames: Any, model: SAM2Model, session_class: type[TrackingSession],
-                 **options: Any) -> TrackingSession:
-    """Re-create a session from ``path`` on ``frames`` (which must have the saved movie's shape).
+def load_session(path: str | os.PathLike, frames: Any, model: SAM2Model, **options: Any) -> TrackingSession:
+    """Re-create a saved session on ``frames`` (T, Y, X[, C]), which must have the saved movie's shape.
 
-    Saved settings (contrast limits, channel, RGB, hole filling) are used unless ``options`` override
-    them; other ``options`` (device, storage_device, feature_cache_size) go to the session.
+    Every prompt is re-applied in its order (prompted frames show their masks at once); call
+    ``propagate()`` for the rest. Saved settings (contrast limits, channel, RGB, hole filling) are used
+    unless ``options`` override them; other ``options`` (device, storage_device, feature_cache_size, any
+    :class:`TrackingSession` keyword) go to the session. Raises :class:`SessionFileError` for a file that
+    cannot be used or a movie of another shape; warns when the model differs from the saved one.
     """
     document = read_session_file(path)
     saved_shape = tuple(document["movie"]["shape"])
@@ -96,7 +107,7 @@ def load_session(path: str | os.PathLike, frames: Any, model: SAM2Model, session
     settings = {**document["settings"], **options}
     if settings.get("contrast_limits") is not None:
         settings["contrast_limits"] = tuple(settings["contrast_limits"])
-    session = session_class(model, frames, **settings)
+    session = TrackingSession(model, frames, **settings)
     prompts = []
     approximate = []
     for entry in document["objects"]:

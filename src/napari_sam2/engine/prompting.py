@@ -1,0 +1,106 @@
+"""Applying validated prompts: clicks and boxes through the SAM heads, masks taken as the object's shape.
+
+Prompts arrive in napari coordinates of the frame ((row, col) = (y, x) points, (y0, x0, y1, x1) boxes,
+(Y, X) masks; see :mod:`~napari_sam2.engine.prompt_checks`) and become model-space (x, y) on the S x S
+input here. A prompt's result is *pending* until the next propagation makes its frame a conditioning frame.
+Each function computes everything first and changes the object only at the end, so a failure leaves the
+session as it was.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .memory_bank import condition
+from .object_state import FramePrompt, TrackedObject
+from .precompute import ConditionedCache
+from .runtime import ModelRuntime
+
+PREV_LOGIT_CLAMP = 32.0  # previous logits fed back as a mask prompt are clamped to +-32, as in the reference
+
+Objects = dict[int, TrackedObject]
+
+
+def click_prompt(objects: Objects, frame: int, obj_id: int, points: np.ndarray, labels: np.ndarray,
+                 clear_old_points: bool) -> FramePrompt:
+    """The frame's new click prompt: these clicks alone, or added to the clicks (and box) already there."""
+    obj = objects.get(obj_id)
+    steps = obj.prompt_steps.get(frame) if obj is not None else None
+    old = steps[-1] if steps else None
+    if not clear_old_points and old is not None and old.mask is None:
+        return FramePrompt(np.concatenate([old.points, points]), np.concatenate([old.labels, labels]), old.box)
+    return FramePrompt(points, labels)
+
+
+def apply_click_prompt(runtime: ModelRuntime, objects: Objects, precomputed: ConditionedCache, frame: int,
+                       obj_id: int, prompt: FramePrompt) -> None:
+    """Run the SAM heads for a click / box prompt and record it as the object's pending result on ``frame``.
+
+    The frame's earlier result (if any) is fed back as a mask prompt, as in SAM 2. On a frame the object
+    was tracked on, the features are conditioned on its memories first, unless ``precomputed`` holds that
+    conditioning still valid for this object (see :meth:`TrackingSession.precompute`).
+    """
+    obj = objects.get(obj_id) or TrackedObject(obj_id)
+    frame_shape = (runtime.source.height, runtime.source.width)
+    coords = to_model_xy(prompt.points, frame_shape, runtime.image_size)
+    labels = torch.tensor(prompt.labels.astype(np.int32))[None]
+    if prompt.box is not None:
+        coords = torch.cat([to_model_xy(prompt.box.reshape(2, 2), frame_shape, runtime.image_size), coords], dim=1)
+        labels = torch.cat([torch.tensor([[2, 3]], dtype=torch.int32), labels], dim=1)
+    features = runtime.features.get(frame)
+    previous = obj.latest(frame)
+    mask_prompt = None
+    if previous is not None:
+        mask_prompt = runtime.filled(previous.raw_logits).to(runtime.device)
+        mask_prompt = mask_prompt.clamp(-PREV_LOGIT_CLAMP, PREV_LOGIT_CLAMP)
+    initial = frame not in obj.direction
+    with runtime.autocast():
+        conditioned = precomputed.take(obj, frame)
+        if conditioned is None:
+            conditioned = condition(runtime, obj, frame, features, obj.direction.get(frame, False), initial=initial)
+        heads = runtime.model.predict_masks(conditioned, features.high_res, coords.to(runtime.device),
+                                            labels.to(runtime.device), mask_input=mask_prompt,
+                                            multimask=labels.shape[1] <= 1)
+    prompt.refines_result = previous is not None
+    obj.record_prompt(frame, prompt)
+    obj.pending[frame] = runtime.stored_result(heads.low_res_masks, heads.obj_ptr, heads.object_score,
+                                               from_prompt=True)
+    objects.setdefault(obj_id, obj)
+
+
+def apply_mask_prompt(runtime: ModelRuntime, objects: Objects, frame: int, obj_id: int, mask: np.ndarray) -> None:
+    """Take a bool (Y, X) mask as the object's exact shape on ``frame`` (a mask prompt)."""
+    model_mask = torch.from_numpy(mask)[None, None].float().to(runtime.device)
+    size = (runtime.image_size, runtime.image_size)
+    if model_mask.shape[-2:] != size:
+        model_mask = F.interpolate(model_mask, size=size, mode="bilinear", align_corners=False, antialias=True)
+        model_mask = (model_mask >= 0.5).float()
+    features = runtime.features.get(frame)
+    with runtime.autocast():
+        heads = runtime.model.mask_as_output(features.feat, features.high_res, model_mask)
+    obj = objects.get(obj_id) or TrackedObject(obj_id)
+    obj.record_prompt(frame, FramePrompt(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), mask=mask.copy()))
+    obj.pending[frame] = runtime.stored_result(heads.low_res_masks, heads.obj_ptr, heads.object_score,
+                                               from_prompt=True)
+    objects.setdefault(obj_id, obj)
+
+
+def clear_frame_prompts(obj: TrackedObject, frame: int) -> None:
+    """Remove the object's prompts on ``frame``; its last result there stays as an ordinary tracked result."""
+    obj.prompt_steps.pop(frame, None)
+    obj.pending.pop(frame, None)
+    result = obj.cond.pop(frame, None)
+    if result is not None:
+        obj.tracked[frame] = result
+        obj.resident_memories.add(frame)
+        obj.direction.pop(frame, None)
+    obj.changed()
+
+
+def to_model_xy(points: np.ndarray, frame_shape: tuple[int, int], image_size: int) -> torch.Tensor:
+    """(N, 2) napari (row, col) pixels of a (Y, X) frame to (1, N, 2) model-space (x, y) on the S x S input."""
+    height, width = frame_shape
+    xy = torch.tensor(points[:, ::-1].copy(), dtype=torch.float32)[None]
+    return xy / torch.tensor([width, height]) * image_size

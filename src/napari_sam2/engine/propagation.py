@@ -1,0 +1,111 @@
+"""Propagation: which frames a run visits, and tracking every object on one frame in batches.
+
+Frames are T indices of the (T, Y, X[, C]) movie. A run goes forward and/or backward from a start frame;
+on each frame every object that has no prompt there is tracked from its memory bank, objects with the same
+memory layout together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model.sam2 import ImageFeatures, MemoryItem
+from .memory_bank import drop_old_memories, memory_layout
+from .object_state import FrameResult, TrackedObject
+from .runtime import ModelRuntime
+
+DIRECTIONS = ("forward", "backward", "both")
+
+VisitPlan = list[tuple[int, bool, int]]  # (frame, reverse, first frame of its pass) per step
+
+
+def check_run(direction: str, max_frames: int | None) -> None:
+    """Validate propagation arguments (the start frame is checked by the frame source)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
+                                   or max_frames < 0):
+        raise ValueError(f"max_frames must be a non-negative integer or None, got {max_frames!r}")
+
+
+def visit_plan(start: int, direction: str, max_frames: int | None, num_frames: int) -> VisitPlan:
+    """(frame, reverse, pass start) for every step of a propagation from ``start`` (see ``propagate``)."""
+    span = num_frames if max_frames is None else int(max_frames)
+    last = num_frames - 1
+    passes: list[tuple[range, bool]] = []
+    if direction in ("forward", "both"):
+        passes.append((range(start, min(start + span, last) + 1), False))
+    if direction == "backward" and start > 0:
+        passes.append((range(start, max(start - span, 0) - 1, -1), True))
+    if direction == "both" and start > 0:
+        passes.append((range(start - 1, max(start - span, 0) - 1, -1), True))
+    return [(frame, reverse, order[0]) for order, reverse in passes for frame in order]
+
+
+def track_frame(runtime: ModelRuntime, objects: list[TrackedObject], frame: int, reverse: bool,
+                pass_start: int, batch_size: int) -> list[FrameResult]:
+    """Track every object without a prompt on ``frame`` and record the results; returns each object's
+    result there (its prompt's or the tracked one), in the order of ``objects``."""
+    features = runtime.features.get(frame)
+    to_track = [obj for obj in objects if frame not in obj.cond]
+    for obj, result in zip(to_track, _track_objects(runtime, to_track, frame, features, reverse, batch_size),
+                           strict=True):
+        obj.tracked[frame] = result
+        obj.resident_memories.add(frame)
+        drop_old_memories(obj, keep_near=(frame, pass_start))
+    results = []
+    for obj in objects:
+        obj.direction[frame] = reverse
+        obj.changed()
+        results.append(obj.cond[frame] if frame in obj.cond else obj.tracked[frame])
+    return results
+
+
+_Member = tuple[int, list[MemoryItem], list[tuple[int, torch.Tensor]]]  # (index in objects, *layout)
+
+
+def _track_objects(runtime: ModelRuntime, objects: list[TrackedObject], frame: int, features: ImageFeatures,
+                   reverse: bool, batch_size: int) -> list[FrameResult]:
+    """Track several objects on one frame, batching those whose memories have the same layout.
+
+    Objects prompted on the same frames share a layout (which memory slots are filled, how far away
+    their object pointers are), so usually all objects of a frame go through memory attention, the
+    mask decoder and the memory encoder together, ``batch_size`` at a time.
+    """
+    groups: dict[tuple, list[_Member]] = {}
+    for index, obj in enumerate(objects):
+        memories, pointers = memory_layout(runtime, obj, frame, reverse)
+        key = (tuple(m.t_pos for m in memories), tuple(d for d, _ in pointers))
+        groups.setdefault(key, []).append((index, memories, pointers))
+    results: list[FrameResult | None] = [None] * len(objects)
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            batch = members[start:start + batch_size]
+            for (index, _, _), result in zip(batch, _track_batch(runtime, batch, features), strict=True):
+                results[index] = result
+    return results
+
+
+def _track_batch(runtime: ModelRuntime, batch: list[_Member], features: ImageFeatures) -> list[FrameResult]:
+    """One batched pass for objects with the same memory layout (members of :func:`_track_objects`)."""
+    _, first_memories, first_pointers = batch[0]
+    memories = [MemoryItem(torch.cat([entry[1][i].features for entry in batch]), item.t_pos)
+                for i, item in enumerate(first_memories)]
+    pointers = [(distance, torch.cat([entry[2][i][1] for entry in batch]))
+                for i, (distance, _) in enumerate(first_pointers)]
+    model = runtime.model
+    with runtime.autocast():
+        conditioned = model.condition_on_memory(features, memories, pointers, runtime.num_frames)
+        conditioned = conditioned.expand(len(batch), -1, -1, -1)  # no memories: one no-memory frame for all
+        heads = model.predict_masks(conditioned, features.high_res, multimask=True)
+    maskmem = runtime.encode_memory(features, heads.high_res_masks, heads.object_score, binarize=False)
+    results = []
+    for i in range(len(batch)):
+        # Copies, so that each object's result owns its memory (and can be dropped on its own).
+        rows = slice(i, i + 1)
+        result = runtime.stored_result(heads.low_res_masks[rows].clone(), heads.obj_ptr[rows].clone(),
+                                       heads.object_score[rows].clone(), from_prompt=False)
+        result.maskmem = maskmem[rows].clone()
+        results.append(result)
+    return results

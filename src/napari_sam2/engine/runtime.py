@@ -1,0 +1,108 @@
+"""The model as a tracking session runs it: device, precision, storage and hole filling, plus frame features.
+
+Every step of a session (a click, a tracked frame, a memory encode, a precompute) calls the model through
+one :class:`ModelRuntime`, so those settings are applied in one place. Axes follow napari: frames are
+(T, Y, X[, C]) and logits are (Y, X) at the frame's resolution; inside the model, masks are S/4 x S/4 with
+S the model's ``image_size``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model.sam2 import NO_OBJECT_SCORE, ImageFeatures, SAM2Model
+from .acceleration import autocast
+from .feature_cache import FeatureCache
+from .frames import FrameSource
+from .object_state import FrameResult
+from .postprocess import fill_holes
+from .prefetch import FramePrefetcher
+
+
+class ModelRuntime:
+    """A model on a device with a session's settings, its frames and their cached image features.
+
+    ``precision`` is "fp32" or "bf16" (autocast, see :mod:`~napari_sam2.engine.acceleration`); results and
+    memories are kept on ``storage_device``; ``fill_hole_area`` is the largest background hole (in S/4 mask
+    pixels) filled whenever logits are read. ``features`` is the LRU feature cache, ``prefetcher`` reads
+    the next frames of a propagation in the background.
+    """
+
+    def __init__(self, model: SAM2Model, source: FrameSource, device: torch.device, storage_device: torch.device,
+                 precision: str, fill_hole_area: int, feature_cache_size: int, prefetch_frames: int) -> None:
+        self.model = model
+        self.source = source
+        self.device = device
+        self.storage_device = storage_device
+        self.precision = precision
+        self.fill_hole_area = fill_hole_area
+        self.image_size = model.image_size
+        self.num_frames = source.num_frames
+        self.features = FeatureCache(self.encode_frame, capacity=feature_cache_size)
+        self.prefetcher = FramePrefetcher(self.model_input, depth=prefetch_frames)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context each model call runs in (bf16 autocast or nothing); entered around the calls
+        themselves: encoding a frame or a memory, conditioning and decoding."""
+        return autocast(self.device, self.precision)
+
+    # ------------------------------------------------------------------ frames
+    def model_input(self, frame: int) -> torch.Tensor:
+        """(1, 3, S, S) normalised model input of frame ``frame`` (read now)."""
+        return self.source.model_input(frame, self.image_size, self.device)
+
+    def encode_frame(self, frame: int) -> ImageFeatures:
+        """Image features of ``frame``, from its prefetched input if a propagation read it ahead."""
+        image = self.prefetcher.take(frame)
+        return self.encode_image(image if image is not None else self.model_input(frame))
+
+    def encode_image(self, image: torch.Tensor) -> ImageFeatures:
+        with self.autocast():
+            return self.model.encode_image(image)
+
+    # ------------------------------------------------------------------ results and memories
+    def stored_result(self, low_res: torch.Tensor, obj_ptr: torch.Tensor, object_score: torch.Tensor,
+                      from_prompt: bool) -> FrameResult:
+        """A decoder output as it is kept: float32 on the storage device."""
+        store = self.storage_device
+        return FrameResult(low_res.float().to(store), obj_ptr.float().to(store), object_score.float().to(store),
+                           from_prompt)
+
+    def encode_memory(self, features: ImageFeatures, high_res_masks: torch.Tensor, object_score: torch.Tensor,
+                      binarize: bool) -> torch.Tensor:
+        """Spatial memory (B, 64, h, w) of masks (B, 1, S, S) on a frame, stored as bfloat16 as the reference
+        does (this rounding is part of SAM 2's numerics)."""
+        with self.autocast():
+            memory = self.model.encode_memory(features.feat, high_res_masks, object_score, binarize=binarize)
+        return memory.to(torch.bfloat16).to(self.storage_device)
+
+    def result_memory(self, result: FrameResult, features: ImageFeatures) -> torch.Tensor:
+        """The spatial memory of a stored result on the frame of ``features``, encoded the way the reference
+        does for its origin: prompted frames from the hole-filled, binarised mask; tracked frames from the
+        raw logits. Exactly what was encoded when the result was new (so a dropped memory can be redone)."""
+        logits = result.raw_logits.to(self.device)
+        if result.from_prompt:
+            logits = self.filled(logits)
+        high_res = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
+                                 align_corners=False)
+        return self.encode_memory(features, high_res, result.object_score.to(self.device),
+                                  binarize=result.from_prompt)
+
+    def filled(self, logits: torch.Tensor) -> torch.Tensor:
+        return fill_holes(logits, self.fill_hole_area)
+
+    def frame_logits(self, results: list[FrameResult | None]) -> np.ndarray:
+        """(n, Y, X) float32 logits at frame resolution (hole-filled); missing results are -1024."""
+        height, width = self.source.height, self.source.width
+        out = np.full((len(results), height, width), NO_OBJECT_SCORE, dtype=np.float32)
+        present = [i for i, r in enumerate(results) if r is not None]
+        if present:
+            low = torch.cat([self.filled(results[i].raw_logits.to(self.device)) for i in present], dim=0)
+            if low.shape[-2:] != (height, width):
+                low = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
+            out[present] = low[:, 0].float().cpu().numpy()
+        return out
