@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .engine.session import DIRECTIONS, TrackingSession
-from .engine.session_file import SessionFileError, read_session_file
+from .engine.session_file import SessionFileError, load_session, read_session_file, save_session
 from .exports import write_ctc, write_label_tiff
 from .movie_files import Movie, open_movie
 from .prompt_files import (
@@ -126,7 +126,7 @@ def _track(args: argparse.Namespace) -> int:
         tracks = write_ctc(args.out, labels, max_label=labels.max_label, overwrite=args.overwrite)
         written = f"Cell Tracking Challenge results: {len(labels)} masks, {len(tracks)} tracks"
     if args.save_session is not None:
-        session.save(args.save_session)
+        save_session(session, args.save_session)
     _say(f"tracked {len(session.obj_ids)} object(s) over {len(frames)} frame(s); wrote {written} to {args.out}")
     return 0
 
@@ -182,7 +182,7 @@ def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts) -> 
         return TrackingSession(model, movie.data, **options)
     model = load_model(args.model or prompts.saved["model"].get("name") or DEFAULT_MODEL, device=args.device,
                        progress=not args.quiet)
-    return TrackingSession.load(prompts.session_file, movie.data, model, **options)
+    return load_session(prompts.session_file, movie.data, model, **options)
 
 
 def _models(args: argparse.Namespace) -> int:

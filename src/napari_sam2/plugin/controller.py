@@ -21,6 +21,7 @@ import numpy as np
 
 from ..engine.postprocess import labels_from_logits
 from ..engine.session import TrackingSession
+from ..engine.session_file import load_session
 from .labels_writer import LabelsWriter
 from .prompt_layers import FramePrompts, PromptKey
 from .track_target import TargetError, TrackTarget
@@ -199,7 +200,7 @@ class TrackingController:
     @staticmethod
     def loaded(path: Any, frames: Any, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
         """A saved session re-created on ``frames`` (with the intensities saved in the file); its prompted frames."""
-        session = TrackingSession.load(path, frames, model)
+        session = load_session(path, frames, model)
         return session, _prompted_frame_writes(session, dtype)
 
     def frames_in_run(self, start: int, direction: str, first: int, last: int) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
+from ..engine.session_file import save_session
 from ..exports import tracks_from_labels, write_ctc, write_label_tiff
 from .job_runner import Job
 from .prompt_layers import add_session_prompts, read_prompts, set_prompt_defaults
@@ -29,7 +30,7 @@ class FileActions:
         """Save every object's prompts to a session file (JSON)."""
         if self.controller.session is None:
             raise RuntimeError("nothing to save yet: give a prompt first")
-        return self.controller.session.save(path)
+        return save_session(self.controller.session, path)
 
     def load_session(self, path: str | Path) -> Job | None:
         """Re-create a saved session on the current image (same shape) and write its prompted frames. The running job
