@@ -30,7 +30,7 @@ def memory_layout(runtime: ModelRuntime, obj: TrackedObject, frame: int, reverse
             return kept_memory(runtime, obj, t, is_cond)
     memories = [MemoryItem(memory_of(obj, t, t_pos == 0), t_pos)
                 for t_pos, t in memory_frames(frame, obj.cond, obj.tracked, reverse)]
-    pointers = [(distance, (obj.cond if is_cond else obj.tracked)[t].obj_ptr.to(runtime.device))
+    pointers = [(distance, obj.remembered(t, is_cond).obj_ptr.to(runtime.device))
                 for distance, t, is_cond in pointer_frames(frame, obj.cond, obj.tracked, reverse,
                                                            runtime.num_frames)]
     return memories, pointers
@@ -38,7 +38,7 @@ def memory_layout(runtime: ModelRuntime, obj: TrackedObject, frame: int, reverse
 
 def kept_memory(runtime: ModelRuntime, obj: TrackedObject, frame: int, is_cond: bool) -> torch.Tensor:
     """Spatial memory of a remembered frame, re-encoded (exactly) and kept if it was dropped."""
-    result = (obj.cond if is_cond else obj.tracked)[frame]
+    result = obj.remembered(frame, is_cond)
     if result.maskmem is None:
         result.maskmem = runtime.result_memory(result, runtime.features.get(frame))
         if not is_cond:

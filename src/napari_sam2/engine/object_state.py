@@ -87,6 +87,10 @@ class TrackedObject:
                 return store[frame]
         return None
 
+    def remembered(self, frame: int, is_cond: bool) -> FrameResult:
+        """The result of a conditioning (``is_cond``) or tracked frame, as memory attention reads it."""
+        return (self.cond if is_cond else self.tracked)[frame]
+
     def prompted_frames(self) -> list[int]:
         """Frames that hold a prompt (points, box or mask) for this object, sorted."""
         return sorted(self.prompt_steps)

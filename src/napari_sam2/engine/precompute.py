@@ -101,7 +101,7 @@ def _condition_without_keeping(runtime: ModelRuntime, obj: TrackedObject, frame:
     memories that were dropped are re-encoded (exactly) but not kept, their frames' features not cached."""
 
     def memory_of(obj: TrackedObject, t: int, is_cond: bool) -> torch.Tensor:
-        result = (obj.cond if is_cond else obj.tracked)[t]
+        result = obj.remembered(t, is_cond)
         if result.maskmem is not None:
             return result.maskmem
         checkpoint()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.sam2 import HeadOutput
 from .memory_bank import condition
 from .object_state import FramePrompt, TrackedObject
 from .precompute import ConditionedCache
@@ -64,10 +65,7 @@ def apply_click_prompt(runtime: ModelRuntime, objects: Objects, precomputed: Con
                                             labels.to(runtime.device), mask_input=mask_prompt,
                                             multimask=labels.shape[1] <= 1)
     prompt.refines_result = previous is not None
-    obj.record_prompt(frame, prompt)
-    obj.pending[frame] = runtime.stored_result(heads.low_res_masks, heads.obj_ptr, heads.object_score,
-                                               from_prompt=True)
-    objects.setdefault(obj_id, obj)
+    _record(runtime, objects, obj, frame, prompt, heads)
 
 
 def apply_mask_prompt(runtime: ModelRuntime, objects: Objects, frame: int, obj_id: int, mask: np.ndarray) -> None:
@@ -80,11 +78,17 @@ def apply_mask_prompt(runtime: ModelRuntime, objects: Objects, frame: int, obj_i
     features = runtime.features.get(frame)
     with runtime.autocast():
         heads = runtime.model.mask_as_output(features.feat, features.high_res, model_mask)
-    obj = objects.get(obj_id) or TrackedObject(obj_id)
-    obj.record_prompt(frame, FramePrompt(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), mask=mask.copy()))
+    prompt = FramePrompt(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), mask=mask.copy())
+    _record(runtime, objects, objects.get(obj_id) or TrackedObject(obj_id), frame, prompt, heads)
+
+
+def _record(runtime: ModelRuntime, objects: Objects, obj: TrackedObject, frame: int, prompt: FramePrompt,
+            heads: HeadOutput) -> None:
+    """Keep a computed prompt and its result (pending until the next propagation); a new object joins."""
+    obj.record_prompt(frame, prompt)
     obj.pending[frame] = runtime.stored_result(heads.low_res_masks, heads.obj_ptr, heads.object_score,
                                                from_prompt=True)
-    objects.setdefault(obj_id, obj)
+    objects.setdefault(obj.obj_id, obj)
 
 
 def clear_frame_prompts(obj: TrackedObject, frame: int) -> None:
