@@ -135,18 +135,18 @@ def test_rearranged_high_res_features_are_kept_per_frame() -> None:
     torch.manual_seed(3)
     md = MaskDecoder(transformer_dim=64, transformer=nn.Identity()).eval()
     feats = [torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8)]
-    first = md._high_res_blocks(feats, (4, 4))
-    assert md._high_res_blocks(feats, (4, 4)) is first
-    assert torch.equal(first[0], md._rearrange_high_res(feats, (4, 4))[0])
+    first = md.high_res_blocks(feats)
+    assert md.high_res_blocks(feats) is first
+    assert torch.equal(first[0], md._rearrange_high_res(feats)[0])
 
     feats[1].add_(1.0)
-    changed = md._high_res_blocks(feats, (4, 4))
-    assert changed is not first and torch.equal(changed[0], md._rearrange_high_res(feats, (4, 4))[0])
+    changed = md.high_res_blocks(feats)
+    assert changed is not first and torch.equal(changed[0], md._rearrange_high_res(feats)[0])
     md.output_upscaling[3].bias.add_(1.0)
-    assert md._high_res_blocks(feats, (4, 4)) is not changed
+    assert md.high_res_blocks(feats) is not changed
 
     other = [f.clone() for f in feats]
-    assert md._high_res_blocks(other, (4, 4)) is not md._high_res_blocks(feats, (4, 4))
+    assert md.high_res_blocks(other) is not md.high_res_blocks(feats)
     assert len(md._blocks_memo) == 2
     del other
     assert len(md._blocks_memo) == 1  # freed features leave the memo

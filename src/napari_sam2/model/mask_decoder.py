@@ -279,7 +279,7 @@ class MaskDecoder(nn.Module):
         if high_res_features is None:
             raise ValueError("this decoder needs high_res_features")
         deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
-        addend1, addend0 = self._high_res_blocks(high_res_features, grid)
+        addend1, addend0 = self.high_res_blocks(high_res_features)
         batch = tokens.shape[0]
         # Rows (i, j) of the h x w grid, columns (dy, dx, c) of each pixel's 2x2 output block: the
         # transposed convolution as one product, added onto the (bias-shifted) stride-8 features.
@@ -291,22 +291,24 @@ class MaskDecoder(nn.Module):
         blocked = hyper_in @ x.view(batch, -1, deconv2.out_channels).transpose(1, 2)
         return _from_blocks(blocked.view(batch, -1, *grid, 2, 2, 2, 2), levels=2)
 
-    def _high_res_blocks(self, high_res_features: list[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def high_res_blocks(self, high_res_features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The stride-8 and stride-4 features in the row / column order of the upscaling's two products,
         each deconvolution's bias added: (B, h*w, 4*C/4) and (B, 4*h*w, 4*C/8), contiguous.
 
         Rearranging them is a strided pass over 3M values, as slow as the rest of the upscaling, and they
         belong to a frame: every click on it, and every object on it while propagating, uses the same. So
-        the result is kept for the last few feature tensors (see :class:`_FrameMemo`).
+        the result is kept for the last few feature tensors (see :class:`_FrameMemo`); calling this ahead
+        of a click (when a frame is encoded or precomputed) takes the rearrangement off the click.
         """
         deconv1, _, _, deconv2, _ = self.output_upscaling
         depends_on = [*high_res_features, deconv1.bias, deconv2.bias]
-        return self._blocks_memo.get(depends_on, lambda: self._rearrange_high_res(high_res_features, grid))
+        return self._blocks_memo.get(depends_on, lambda: self._rearrange_high_res(high_res_features))
 
-    def _rearrange_high_res(self, high_res_features: list[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """:meth:`_high_res_blocks`, computed."""
+    def _rearrange_high_res(self, high_res_features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """:meth:`high_res_blocks`, computed."""
         feat_s0, feat_s1 = high_res_features
         deconv1, _, _, deconv2, _ = self.output_upscaling
+        grid = (feat_s1.shape[-2] // 2, feat_s1.shape[-1] // 2)
         blocks1 = _to_blocks(feat_s1, grid, levels=1) + deconv1.bias
         blocks0 = _to_blocks(feat_s0, grid, levels=2) + deconv2.bias
         return blocks1.reshape(feat_s1.shape[0], grid[0] * grid[1], -1), \
