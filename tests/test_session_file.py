@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from session_support import cells_movie, small_model
 
 from napari_sam2 import (SessionFileError, TrackingSession, labels_from_logits, load_session, save_session,
                          tracks_from_labels, write_label_tiff)
+from napari_sam2.engine import session as session_module
 from napari_sam2.engine.session_file import decode_mask_rle, encode_mask_rle
 
 
@@ -203,3 +206,12 @@ def test_label_stack_is_lazy_and_matches_the_tracked_labels(model, tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels.tif"), np.asarray(stack))
     tracks = tracks_from_labels(stack)
     assert set(tracks[:, 0]) <= {2, 70000} and set(tracks[:, 1]) <= {0, 1, 2}
+
+
+def test_session_files_are_a_layer_above_the_session():
+    """session.py knows nothing of files (no import of session_file, no save / load methods)."""
+    tree = ast.parse(Path(session_module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any("session_file" in (name or "") for name in imported)
+    assert not hasattr(TrackingSession, "save") and not hasattr(TrackingSession, "load")

@@ -26,9 +26,7 @@ loading are :func:`napari_sam2.engine.session_file.save_session` / ``load_sessio
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,20 +119,6 @@ class TrackingSession:
         self._objects: dict[int, TrackedObject] = {}
         self._precomputed = ConditionedCache()
         self._rgb, self._channel = rgb, channel
-
-    # ------------------------------------------------------------------ saving and loading (moving to session_file)
-    def save(self, path: str | os.PathLike) -> Path:
-        """Save the prompts and settings to one JSON file: :func:`~napari_sam2.engine.session_file.save_session`."""
-        from .session_file import save_session  # a layer above this module
-
-        return save_session(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, frames: Any, model: SAM2Model, **options: Any) -> TrackingSession:
-        """Re-create a saved session: :func:`~napari_sam2.engine.session_file.load_session`."""
-        from .session_file import load_session  # a layer above this module
-
-        return load_session(path, frames, model, **options)
 
     def settings(self) -> dict[str, Any]:
         """The constructor settings that shape the results (contrast limits as resolved), JSON-friendly."""
