@@ -181,3 +181,19 @@ def test_edited_ids_of_unknown_content_and_other_planes(make_napari_viewer):
     assert writer.edited_ids(3, [5, 6]) == set()
     for t in range(T):
         assert writer.edited_ids(t, [5, 6]) == set(writer.edited_frames([5, 6]).get(t, {}))
+
+
+def test_an_object_painted_over_stays_edited_when_only_the_painted_one_is_written(viewer_layer):
+    _, layer = viewer_layer
+    writer = LabelsWriter(layer)
+    writer.write_frame(1, [1, 2], two_cells(1))
+    over = np.nonzero(two_cells(1) == 2)
+    layer.data_setitem((np.full(over[0].size, 1), over[0], over[1]), 1)  # object 1 painted over all of object 2
+    assert writer.edited_ids(1, [1, 2]) == {1, 2}
+    painted = np.asarray(layer.data[1]).copy()
+    writer.write_frame(1, [1], np.where(painted == 1, 1, 0))  # the engine takes object 1 as painted, only it
+    assert writer.edited_ids(1, [1]) == set()
+    assert writer.edited_ids(1, [2]) == {2}  # object 2's erasure is still the user's, not yet given to the model
+    assert list(writer.edited_frames([2])[1]) == [2] and not writer.edited_frames([2])[1][2].any()
+    writer.write_frame(1, [2], np.zeros((H, W), np.int32))  # the engine writes object 2 (absent)
+    assert writer.edited_ids(1, [1, 2]) == set()

@@ -234,3 +234,40 @@ def test_remove_object_on_a_4d_layer_changes_only_the_tracked_plane(make_napari_
     assert obj not in widget.objects.ids and obj not in widget.controller.session.obj_ids
     labels.undo()
     np.testing.assert_array_equal(np.array(labels.data), before)
+
+
+def test_a_run_after_undoing_a_run_writes_every_frame_again(widget, qtbot):
+    tracked(widget, qtbot)
+    after_run = labels_of(widget)
+    widget.labels_layer.undo()  # the whole run (one step): only the click's frame is left
+    assert not labels_of(widget)[1:].any()
+    widget.propagate(direction="forward", start=0)
+    wait_idle(qtbot, widget)
+    assert "Your edits" not in widget.status.text(), widget.status.text()  # an undo is not an edit
+    np.testing.assert_array_equal(labels_of(widget), after_run)
+
+
+def test_painting_one_object_over_another_keeps_both_exactly(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, _ = open_widget(viewer, model, cells_movie(T))
+    click(widget, 2, BLOB)
+    second = widget.new_object()
+    click(widget, 2, (70, 60), obj_id=second)
+    wait_idle(qtbot, widget)
+    layer = widget.labels_layer
+    plane = np.array(layer.data[2])
+    assert (plane == 1).any() and (plane == second).any()
+    cover = np.nonzero(plane == second)
+    half = slice(0, max(1, cover[0].size // 2))  # object 1 painted over half of object 2
+    layer.data_setitem((np.full(cover[0][half].size, 2), cover[0][half], cover[1][half]), 1)
+    painted = np.array(layer.data[2])
+    widget.propagate(direction="forward", start=2)
+    wait_idle(qtbot, widget)
+    text = widget.status.text()
+    assert f"Painted corrections used as prompts: object 1 on frame 2; object {second} on frame 2" in text, text
+    assert "Your edits" not in text, text
+    np.testing.assert_array_equal(np.asarray(layer.data[2]), painted)  # both exactly as painted
+    session = widget.controller.session
+    for obj_id in (1, second):
+        np.testing.assert_array_equal(session.prompts(obj_id)[2].mask, painted == obj_id)
+    assert not widget.controller.writer.edited_frames([1, second])

@@ -170,10 +170,15 @@ class TrackingController:
 
     @staticmethod
     def mask_writes(session: TrackingSession, corrections: list[Correction], dtype: np.dtype) -> Iterator[FrameWrite]:
-        """Give painted masks to ``session`` as mask prompts, one by one; each frame's new labels."""
-        for c in corrections:
-            _, obj_ids, logits = session.add_mask(c.frame, c.obj_id, c.mask)
-            yield _frame_write(session, c.frame, c.obj_id, dtype, (obj_ids, logits))
+        """Give painted masks to ``session`` as mask prompts; each frame's new labels once all of that frame's masks
+        are in (so that they are written back together, exactly as painted)."""
+        by_frame: dict[int, list[Correction]] = {}
+        for correction in corrections:
+            by_frame.setdefault(correction.frame, []).append(correction)
+        for frame, painted in sorted(by_frame.items()):
+            for correction in painted:
+                _, obj_ids, logits = session.add_mask(frame, correction.obj_id, correction.mask)
+            yield _frame_write(session, frame, None, dtype, (obj_ids, logits))
 
     @staticmethod
     def propagation(session: TrackingSession, start: int, direction: str, first: int, last: int,
@@ -215,8 +220,8 @@ class TrackingController:
 
         Objects the user has painted, erased or filled on this frame since the engine last wrote them (other than
         ``focus``) keep exactly the user's pixels: their edit stays pending and becomes a mask prompt at the next
-        run. An ``exact`` mask is written (and so accepted as given to the session) only while the layer still holds
-        it; if the user painted again meanwhile, the new painting stays pending.
+        run. An ``exact`` mask is written (and so accepted as given to the session) unless the user has painted that
+        object again meanwhile: then the new painting stays pending.
         """
         writer = self.writer
         if writer is None:
@@ -226,7 +231,8 @@ class TrackingController:
         kept = set(writer.edited_ids(frame, protect)) if protect else set()
         if write.exact:
             current = writer.read_frame(frame)
-            kept |= {i for i, mask in write.exact.items() if not np.array_equal(current == i, mask)}
+            differ = [i for i, mask in write.exact.items() if not np.array_equal(current == i, mask)]
+            kept |= writer.edited_ids(frame, differ) if differ else set()
         labels = write.labels
         replaced = kept | set(write.exact)
         if replaced:

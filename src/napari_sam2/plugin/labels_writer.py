@@ -113,13 +113,16 @@ class LabelsWriter:
         self._edits: dict[int, list[UserEdit]] = {}
         # Per frame: ids found in content of unknown origin (before the writer, or after layer.data was replaced).
         self._found: dict[int, set[int]] = {}
+        # Per frame: ids whose recorded pixels a write of other ids took over. The layer no longer held them there,
+        # and the engine did not remove them: the user did (e.g. painted another object over them). Their record
+        # cannot show that any more, so they are reported as edited until the engine writes or syncs them.
+        self._taken: dict[int, set[int]] = {}
         # Per frame: ids whose state on that frame is known (written, synced, or scanned and found absent).
         # A frame missing here is entirely unknown: whatever was there before the writer existed may be a prompt.
         self._known: dict[int, set[int] | _AllIds] = {}
         self._tracked: set[int] = set()
         self._writing = 0
-        self._committed_frames: set[int] | None = None  # frames of a group's commit event (see _commit_scope)
-        self._undo = UndoGroup(layer, self._commit_scope)
+        self._undo = UndoGroup(layer, self._writing_guard)
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data)
 
@@ -231,7 +234,8 @@ class LabelsWriter:
         written = np.where((new_g != 0) & writable, new_g, 0)
         if gy.size:
             values = new_g[gy, gx].astype(self.layer.data.dtype, copy=False)
-            with self._writing_guard():
+            self._take_staged_edits()  # the user's edits staged so far are theirs, what this write stages is ours
+            with self._writing_guard(), self._undo.own():
                 self.layer.data_setitem(self._full_indices(t, rows[gy], cols[gx]), values, refresh=refresh)
         self._store_record(t, ids, rows, cols, written)
         return int(gy.size)
@@ -245,6 +249,9 @@ class LabelsWriter:
         if old is not None and not old.ids <= record_ids:
             all_rows, all_cols, previous = old.on_grid(self._plane_shape, rows, cols)
             written = regrid(written, rows, cols, all_rows, all_cols)
+            taken = previous[(written != 0) & (previous != 0) & ~isin_ids(previous, ids)]
+            if taken.size:
+                self._taken.setdefault(t, set()).update(int(i) for i in np.unique(taken))
             written = np.where(written != 0, written, np.where(isin_ids(previous, ids), 0, previous))
             rows, cols = all_rows, all_cols
             record_ids |= old.ids
@@ -260,11 +267,12 @@ class LabelsWriter:
     def _drop_ids(self, t: int, ids: Iterable[int]) -> None:
         """The user's edits and found content of ``ids`` on frame ``t`` are synced (or forgotten)."""
         ids = set(ids)
-        found = self._found.get(t)
-        if found is not None:
-            found -= ids
-            if not found:
-                del self._found[t]
+        for per_frame in (self._found, self._taken):
+            present = per_frame.get(t)
+            if present is not None:
+                present -= ids
+                if not present:
+                    del per_frame[t]
         edits = self._edits.get(t)
         if edits is not None:
             for edit in edits:
@@ -285,7 +293,9 @@ class LabelsWriter:
         self._undo.begin()
 
     def end_undo_group(self) -> None:
-        """Commit the writes since the outermost :meth:`begin_undo_group` as one undo step."""
+        """Commit the writes since the outermost :meth:`begin_undo_group` as one undo step (the user's edits staged in
+        it are remembered first; the commit's paint event is then the writer's)."""
+        self._take_staged_edits()
         self._undo.end()
 
     def one_undo_step(self) -> AbstractContextManager[None]:
@@ -295,10 +305,19 @@ class LabelsWriter:
     # ------------------------------------------------------------------ corrections
 
     def _on_paint(self, event: Any) -> None:
-        if self._writing:
-            return
+        if not self._writing:
+            self._record_edits(getattr(event, "value", None))
+
+    def _take_staged_edits(self) -> None:
+        """Learn the user's edits staged in an open undo group (napari emits no paint event for them yet)."""
+        atoms = self._undo.take_foreign()
+        if atoms:
+            self._record_edits(atoms)
+
+    def _record_edits(self, item: Any) -> None:
+        """Remember the user's edits in one history item (a list of atoms)."""
         try:
-            edits = edits_of(getattr(event, "value", None), self._shape, self.frame_axis, self.fixed_index)
+            edits = edits_of(item, self._shape, self.frame_axis, self.fixed_index)
         except Exception:  # noqa: BLE001 - an unknown history format must not break painting
             edits = None
         if edits is None:  # cannot tell what changed: every frame's state becomes unknown
@@ -307,23 +326,6 @@ class LabelsWriter:
         for t, edit in edits.items():
             if edit.ids:
                 self._edits.setdefault(t, []).append(edit)
-        if self._committed_frames is not None:
-            self._committed_frames.update(edits)
-
-    @contextmanager
-    def _commit_scope(self) -> Iterator[None]:
-        """Around the commit of an undo group: its paint event holds the engine's atoms as well as the user's edits
-        made while the group was open (napari emits nothing for those until then). Once the commit is in the layer,
-        edits that leave a frame as the engine wrote it are dropped, so only the user's remain."""
-        frames = self._committed_frames = set()
-        try:
-            yield
-        finally:
-            self._committed_frames = None
-            for t in sorted(frames):
-                ids = set().union(*(edit.ids for edit in self._edits.get(t, [])))
-                if ids and not self._compare(t, self.read_frame(t), np.asarray(sorted(ids), dtype=np.int64), []):
-                    del self._edits[t]
 
     def _on_data(self, event: Any = None) -> None:
         # layer.data was replaced: the records may no longer describe it.
@@ -333,6 +335,7 @@ class LabelsWriter:
             self._records.clear()
             self._edits.clear()
             self._found.clear()
+            self._taken.clear()
         self._known.clear()
 
     def edited_frames(
@@ -366,6 +369,7 @@ class LabelsWriter:
         The record stays as it is: a reported frame is reported again until :meth:`write_frame` or
         :meth:`mark_synced` updates it.
         """
+        self._take_staged_edits()
         ids = as_ids(obj_ids)
         out: dict[int, dict[int, np.ndarray]] = {}
         if ids.size == 0:
@@ -394,8 +398,7 @@ class LabelsWriter:
         wanted = {int(i) for i in as_ids(obj_ids)}
         if not wanted:
             return set()
-        if self._undo.active:  # napari emits no paint event for edits made while the group is open: compare
-            return set(self._compare(t, self.read_frame(t), np.asarray(sorted(wanted), dtype=np.int64), []))
+        self._take_staged_edits()
         return set(self._edited_on(t, wanted)[1])
 
     def _edited_on(self, t: int, wanted: set[int]) -> tuple[np.ndarray | None, list[int]]:
@@ -403,7 +406,7 @@ class LabelsWriter:
         known = self._known.get(t, set())
         unknown = [i for i in sorted(wanted) if i not in known]
         edits = self._edits.get(t, [])
-        found = self._found.get(t, set())
+        found = self._found.get(t, set()) | self._taken.get(t, set())
         if not unknown and not (wanted & found) and not any(wanted & edit.ids for edit in edits):
             return None, []
         current = self.read_frame(t)
@@ -430,7 +433,8 @@ class LabelsWriter:
             rec_t = np.where(isin_ids(record, ids), record, 0)
             diff = cur_t != rec_t
             affected = np.union1d(cur_t[diff], rec_t[diff])
-        affected_ids = [int(i) for i in affected if i != 0]
+        taken = self._taken.get(t, set()) & {int(i) for i in ids}
+        affected_ids = sorted({int(i) for i in affected if i != 0} | taken)
         known = self._known.setdefault(t, set())
         for i in unknown:  # scanned: absent ids are now known, present ones stay reported until synced
             known.add(i)
@@ -467,7 +471,7 @@ class LabelsWriter:
                 del self._records[t]
             else:
                 self._records[t] = repacked
-        for t in set(self._edits) | set(self._found):
+        for t in set(self._edits) | set(self._found) | set(self._taken):
             self._drop_ids(t, [obj_id])
         for known in self._known.values():
             known.discard(obj_id)
@@ -488,7 +492,8 @@ class LabelsWriter:
             for t in range(self.n_frames):
                 ys, xs = grid_nonzero(self.read_frame(t) == obj_id)
                 if ys.size:
-                    self.layer.data_setitem(self._full_indices(t, ys, xs), zero)
+                    with self._undo.own():
+                        self.layer.data_setitem(self._full_indices(t, ys, xs), zero)
                     changed.append(t)
         self.forget(obj_id)
         return changed
@@ -498,6 +503,7 @@ class LabelsWriter:
         self._records.clear()
         self._edits.clear()
         self._found.clear()
+        self._taken.clear()
         self._known.clear()
         self._tracked.clear()
 

@@ -6,11 +6,12 @@ but are private. A propagation run writes frames across many Qt event-loop itera
 span, so :meth:`UndoGroup.begin`/:meth:`UndoGroup.end` enter and exit that same public context manager by hand
 (``__enter__`` on begin, ``__exit__`` on end): the flag simply stays set in between.
 
-While the flag is set napari stages *every* edit, the user's too (a fill, a script's ``data_setitem``), and emits
-the layer's paint event only when the group is committed. So the writer cannot learn of the user's edits from paint
-events while a group is open: it compares the frame with its record before writing it (see
-``LabelsWriter.edited_ids``), and the commit's paint event, which holds the engine's atoms and the user's, is read
-like any other (the engine's atoms match the record and are dropped there).
+While the flag is set napari stages *every* edit, the user's too (a fill, a brush dab, a script's
+``data_setitem``), and emits the layer's paint event only when the group is committed, for all of its atoms at once.
+So that the user's edits made meanwhile are known before the next frame is written, the group reads napari's staged
+atoms as they come (:meth:`UndoGroup.take_foreign`) and tells them from the writer's own (:meth:`UndoGroup.own`).
+napari has no public way to see staged atoms: ``Labels._staged_history`` is read (never changed); without it (a
+future napari) edits made during a group are learnt only from its commit event.
 
 Caveats, inherent to napari's single staging list: a brush stroke the user finishes while a group is open commits
 the group's atoms so far together with the stroke and clears the flag (``_commit_stroke``), so the rest of the run
@@ -29,13 +30,41 @@ from typing import Any
 
 class UndoGroup:
     """Nesting begin/end of one undo step on ``layer``; committing emits the layer's paint event for the group, inside
-    ``around_commit()`` (a context manager factory: the writer reads that event once the data is in the layer)."""
+    ``around_commit()`` (a context manager factory: the writer's guard, as the user's atoms were taken before)."""
 
     def __init__(self, layer: Any, around_commit: Callable[[], AbstractContextManager[Any]]) -> None:
         self._layer = layer
         self._around_commit = around_commit
         self._depth = 0
         self._cm: Any = None
+        self._staged: list | None = None  # napari's staging list of the open group, as last seen
+        self._seen = 0  # how many of its atoms have been taken (the writer's or the user's)
+
+    def _staged_now(self) -> list | None:
+        staged = getattr(self._layer, "_staged_history", None)
+        if not self.active or not isinstance(staged, list):
+            return None
+        if staged is not self._staged:  # a new list: napari committed (e.g. a brush stroke ended) and started anew
+            self._staged, self._seen = staged, 0
+        return staged
+
+    def take_foreign(self) -> list:
+        """Atoms staged in the open group by someone other than the writer (the user) since the last call."""
+        staged = self._staged_now()
+        if staged is None:
+            return []
+        atoms, self._seen = staged[self._seen:], len(staged)
+        return atoms
+
+    @contextmanager
+    def own(self) -> Iterator[None]:
+        """Atoms staged inside this block are the writer's (take the user's with :meth:`take_foreign` first)."""
+        try:
+            yield
+        finally:
+            staged = self._staged_now()
+            if staged is not None:
+                self._seen = len(staged)
 
     @property
     def active(self) -> bool:

@@ -80,7 +80,7 @@ class RunActions:
                 yield "frame", write
 
         span = {"forward": last - start + 1, "backward": start - first + 1, "both": last - first + 1}[direction]
-        total = len(corrections) + controller.frames_in_run(start, direction, first, last)
+        total = len({c.frame for c in corrections}) + controller.frames_in_run(start, direction, first, last)
         run = self._run = _Run(RunProgress(total), note, span)
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
@@ -123,8 +123,9 @@ class RunActions:
         kept = ""
         if self._run is not None:  # a newer run has started: it owns the status line and the bar
             return
-        if run.kept:
-            kept = (f" Your edits of {describe_frames(run.kept)} were left as you made them; they become prompts "
+        pending = _still_pending(writer, run.kept)  # (a later write of the run may have taken an edit)
+        if pending:
+            kept = (f" Your edits of {describe_frames(pending)} were left as you made them; they become prompts "
                     "at the next run.")
         if end.status == "failed":
             self._fail(end.error)
@@ -140,6 +141,14 @@ class RunActions:
         if self._run is not None and self.runner.is_running("propagation"):
             self.runner.cancel()
             self._say("Cancelling after the current frame…")
+
+
+def _still_pending(writer: Any, kept: dict[int, set[int]]) -> dict[int, set[int]]:
+    """Of the edits a run left alone, those the writer still reports as the user's (not yet given to the model)."""
+    if writer is None:
+        return {}
+    pending = {obj_id: {t for t in frames if writer.edited_ids(t, [obj_id])} for obj_id, frames in kept.items()}
+    return {obj_id: frames for obj_id, frames in pending.items() if frames}
 
 
 def _by_object(corrections: list[Correction]) -> dict[int, set[int]]:
