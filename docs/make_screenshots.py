@@ -133,14 +133,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
 
-    from napari_sam2.plugin.widget import SAM2TrackingWidget
 
     viewer = napari.Viewer(show=True, title="napari")
     viewer.window.resize(*WINDOW)
     _image_layer, truth_layer = viewer.open_sample("napari-sam2", "time_lapse")  # File > Open Sample
     truth = np.asarray(truth_layer.data)  # only used to place clicks, boxes and strokes on the cells
-    widget = SAM2TrackingWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="SAM 2 tracking")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "Segment and track")  # Plugins menu
     shots = Shooter(viewer, widget, out)
     shots.pump(1.0)
     viewer.reset_view()

@@ -35,7 +35,7 @@ def build_controls(widget: Any) -> None:
     w.load_button = QPushButton("Load model")
     w.model_label = _text("no model loaded")
 
-    w.image_combo, w.axis_combo, w.labels_combo = QComboBox(), QComboBox(), QComboBox()
+    w.image_combo, w.axis_combo, w.labels_combo = _narrow_combo(), _narrow_combo(), _narrow_combo()
     w.target_label = _text("")
     w.restart_button = QPushButton("Restart session (current contrast / plane)")
     w.restart_button.setToolTip("Take the image layer as it is now: its contrast limits (every prompt is "
@@ -60,6 +60,7 @@ def build_controls(widget: Any) -> None:
     w.progress.setTextVisible(True)
     w.progress.setRange(0, 1)
     w.progress.setValue(0)
+    w.progress.setFormat("")  # empty until something runs
 
     w.file_buttons = {text: QPushButton(text) for text in FILE_ACTIONS}
     w.status = _text("Load a model, pick an image, then click on a cell.")
@@ -73,7 +74,8 @@ def build_controls(widget: Any) -> None:
                                  w.mask_button]),
         ("Propagate", [("Direction", w.direction_combo), ("Frames", _row(w.first_spin, QLabel("to"), w.last_spin)),
                        w.follow_check, _row(w.propagate_button, w.cancel_button), w.progress]),
-        ("Session and export", [_row(*w.file_buttons.values())]),
+        ("Session and export", [_row(*(w.file_buttons[t] for t in FILE_ACTIONS[:2])),
+                                _row(*(w.file_buttons[t] for t in FILE_ACTIONS[2:]))]),
     ):
         box = QGroupBox(title)
         form = QFormLayout(box)
@@ -87,11 +89,19 @@ def build_controls(widget: Any) -> None:
     layout.addStretch(1)
 
 
-def _combo(items: list[str], current: str | None = None) -> QComboBox:
-    combo = QComboBox()
-    combo.addItems(items)
+def _combo(items: list[str] | None = None, current: str | None = None) -> QComboBox:
+    combo = _narrow_combo()
+    combo.addItems(items or [])
     if current is not None:
         combo.setCurrentText(current)
+    return combo
+
+
+def _narrow_combo() -> QComboBox:
+    """A combo box that shrinks to the widget's width (long layer names are cut, the full name is in the list)."""
+    combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(10)
     return combo
 
 

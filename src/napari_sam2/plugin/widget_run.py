@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from napari.utils.notifications import show_info
-
 from .controller import Correction, FrameWrite
 from .job_runner import Job, JobEnd
 from .run_progress import RunProgress
@@ -69,8 +67,6 @@ class RunActions:
             self._fail("nothing to track yet: click on an object, draw a box or paint a mask first")
             return None
         note = f"Painted corrections used as prompts: {describe_frames(_by_object(corrections))}." if corrections else ""
-        if note:
-            show_info(note)
         dtype = controller.label_dtype
 
         def work(_context: Any):
