@@ -39,9 +39,9 @@ def test_cancel_closes_the_generator_in_the_worker_and_keeps_the_items_so_far(ru
     def on_item(i):
         items.append(i)
         if i == 2:
-            runner.cancel()
+            runner.cancel_job(job)
 
-    runner.submit(Job("run", frames(log), on_item=on_item, on_end=ends.append))
+    job = runner.submit(Job("run", frames(log), on_item=on_item, on_end=ends.append))
     qtbot.waitUntil(lambda: bool(ends), timeout=WAIT_MS)
     assert ends[0].status == "cancelled" and ends[0].current
     assert log == [("closed", False)]  # closed once, at once, in the worker thread
@@ -61,6 +61,23 @@ def test_retire_drops_the_running_jobs_items_and_the_queued_jobs(runner, qtbot):
     assert len(items) == seen  # nothing more reached the GUI
     assert second == [] and [e.current for e in ends] == [False, False]
     assert built == [[("closed", False)]]
+
+
+def test_a_model_load_survives_a_retire_and_a_failing_callback_does_not_stall_the_queue(runner, qtbot):
+    results, reported, ends = [], [], []
+    runner.callback_failed.connect(reported.append)
+    runner.submit(Job("busy", frames([], count=5), on_item=lambda _i: 1 / 0))  # its GUI callback is broken
+    runner.submit(Job("model load", lambda _c: "model", on_result=results.append, survives_retire=True))
+    runner.submit(Job("click", lambda _c: "mask", on_result=results.append, on_end=ends.append))
+    runner.retire()  # the image changed: the click is dropped, the model load is not
+    qtbot.waitUntil(lambda: runner.idle, timeout=WAIT_MS)
+    assert results == ["model"]
+    assert [(e.status, e.started) for e in ends] == [("cancelled", False)]
+    assert reported == [] or all(isinstance(error, ZeroDivisionError) for error in reported)
+    runner.submit(Job("broken item", frames([], count=2), on_item=lambda _i: 1 / 0))
+    runner.submit(Job("next", lambda _c: 42, on_result=results.append))
+    qtbot.waitUntil(lambda: runner.idle, timeout=WAIT_MS)
+    assert results == ["model", 42] and reported and isinstance(reported[-1], ZeroDivisionError)
 
 
 def test_a_runtime_error_ends_the_job_and_the_next_one_runs(runner, qtbot):
@@ -133,6 +150,14 @@ def test_messages_are_one_short_line_and_bugs_are_told_apart():
         raise ValueError("object 3 has no pixels on frame 2")
     except ValueError as error:
         assert not is_user_mistake(error)  # raised here, in a test module, not by napari-sam2
+    ours_module = {"__name__": "napari_sam2.example"}  # functions that live in a napari-sam2 module
+    exec("def converts():\n    return int('x')\n\ndef refuses():\n    raise ValueError('frame 9 is out of range')\n",
+         ours_module)
+    for name, mistake in (("converts", False), ("refuses", True)):
+        try:
+            ours_module[name]()
+        except ValueError as error:  # int('x') fails inside C, called from our code: a bug, not a message
+            assert is_user_mistake(error) is mistake, name
     long = message_of("a" * 50 + " " + "b" * 300)
     assert len(long.short) < 210 and long.details.startswith("a" * 50)
     assert message_of(FileNotFoundError("movie.tif")).short == "movie.tif"

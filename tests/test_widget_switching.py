@@ -140,3 +140,45 @@ def test_loading_a_session_while_a_job_runs(make_napari_viewer, model, qtbot, tm
     np.testing.assert_array_equal(labels[others], snapshot[others])  # the old job wrote nothing after the load
     assert old_clicks in viewer2.layers and widget.points_layer is not old_clicks  # the old clicks stay as a record
     assert len(widget.points_layer.data) == 1
+
+
+def test_a_model_loading_while_the_image_changes_is_kept(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    widget = SAM2TrackingWidget(viewer)
+    widget.dwell.delay_ms = None
+    assert widget.load_model(str(tiny_checkpoint), "cpu") is not None
+    viewer.add_image(cells_movie(T), name="opened while loading")  # re-targets while the model loads
+    wait_idle(qtbot, widget)
+    no_error(widget)
+    assert widget.controller.model is not None and widget.controller.target is not None
+    assert "config sam2.1_hiera_t" in widget.model_label.text()
+
+
+def test_a_click_dropped_by_a_model_switch_reaches_the_new_session(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, _ = open_widget(viewer, model, cells_movie(T))
+    start_job(widget, qtbot, "propagation")
+    widget.cancel()
+    click(widget, 3, BLOB)  # queued behind the cancelled run ...
+    qtbot.waitUntil(lambda: not widget._prompts_dirty, timeout=10_000)
+    other = small_model()
+    widget.use_model(other)  # ... and dropped by the switch before it ran
+    wait_idle(qtbot, widget)
+    no_error(widget)
+    session = widget.controller.session
+    assert session.model is other and 3 in session.prompted_frames(1)
+
+
+def test_remove_object_and_painted_masks_wait_for_a_cancelled_run_to_finish(make_napari_viewer, model, qtbot):
+    viewer = make_napari_viewer()
+    widget, _ = open_widget(viewer, model, cells_movie(T))
+    start_job(widget, qtbot, "propagation")
+    widget.cancel()
+    widget.remove_selected_object()
+    assert widget.status.text().startswith("Busy (propagation); remove the object"), widget.status.text()
+    widget.use_painted_mask()
+    assert "send the painted mask once it has finished" in widget.status.text()
+    wait_idle(qtbot, widget)
+    assert widget.controller.session.obj_ids == [1]
+    widget.remove_selected_object()
+    assert widget.controller.session.obj_ids == [] and not np.asarray(widget.labels_layer.data).any()

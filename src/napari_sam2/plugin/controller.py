@@ -1,8 +1,9 @@
 """What the dock widget does, without Qt: prompts in, masks out, through one :class:`~napari_sam2.TrackingSession`.
 
-Two kinds of methods. *Work* (``compute_prompt``, ``mask_writes``, ``propagation``, ``replayed``, ``loaded``) runs
-in a worker thread on the session passed to it and returns :class:`FrameWrite` s; it never touches a napari layer or
-the controller's own state, so a job whose target went away cannot disturb the new one. Everything else runs in the
+Two kinds of methods. *Work* (``compute_prompt``, ``mask_writes``, ``propagation``, ``replayed``, ``loaded``, and
+``new_session`` when a job makes one) runs in a worker thread on the session passed to it and returns
+:class:`FrameWrite` s; it never touches a napari layer or changes the controller's state, so a job whose target went
+away cannot disturb the new one. Everything else runs in the
 GUI thread: it reads the prompt layers, owns the session and writes results through the
 :class:`~napari_sam2.plugin.labels_writer.LabelsWriter` (undo-able, scoped to the tracked objects, and leaving the
 user's edits exactly as the user left them: see :meth:`TrackingController.apply`).
@@ -120,13 +121,22 @@ class TrackingController:
         empty = FramePrompts(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), None)
         return [(key, prompts.get(key, empty)) for key in keys if not prompts.get(key, empty).same_as(self._sent.get(key))]
 
-    def note_sent(self, key: PromptKey, prompts: FramePrompts) -> None:
+    def note_sent(self, key: PromptKey, prompts: FramePrompts) -> FramePrompts | None:
         """Record that ``prompts`` are being given to the session (before the job runs: a prompt the session refuses,
-        e.g. a click outside the image, is then reported once, not retried)."""
+        e.g. a click outside the image, is then reported once, not retried); returns what was recorded before."""
+        previous = self._sent.get(key)
         if prompts.empty:
             self._sent.pop(key, None)
         else:
             self._sent[key] = prompts
+        return previous
+
+    def restore_sent(self, key: PromptKey, previous: FramePrompts | None) -> None:
+        """Undo :meth:`note_sent` for a job that never ran, so that its prompt is sent again."""
+        if previous is None:
+            self._sent.pop(key, None)
+        else:
+            self._sent[key] = previous
 
     def mark_prompts_sent(self, prompts: dict[PromptKey, FramePrompts]) -> None:
         """Record ``prompts`` as already given to the session (after a session file was loaded)."""

@@ -52,6 +52,12 @@ class DwellPrecompute:
         self._timer.stop()
         self._widget.runner.cancel_speculative()
 
+    def close(self) -> None:
+        """Stop for good (the widget closes): no more encoding ahead on navigation."""
+        self.stop()
+        self.delay_ms = None
+        self._widget.viewer.dims.events.current_step.disconnect(self._on_navigation)
+
     def _start(self) -> None:
         widget = self._widget
         session = widget.controller.session

@@ -64,6 +64,7 @@ class JobEnd:
     status: str
     error: BaseException | None = None
     current: bool = True
+    started: bool = True  # False for a job dropped from the queue before it ran
 
 
 @dataclass
@@ -72,7 +73,9 @@ class Job:
 
     ``work(context)`` runs in a worker thread: a plain function (its return value goes to ``on_result``) or a
     generator function (each yielded item goes to ``on_item``; it stops at the next item once cancelled).
-    ``on_item`` / ``on_result`` are called only while the job is current; ``on_end`` is always called, last.
+    ``on_start`` runs when the job leaves the queue; ``on_item`` / ``on_result`` only while the job is current;
+    ``on_end`` always, last. A ``survives_retire`` job (a model load: it does not use the session) is neither
+    cancelled nor dropped by :meth:`JobRunner.retire`, and its result is always delivered.
     """
 
     name: str
@@ -80,7 +83,9 @@ class Job:
     on_item: Callable[[Any], None] | None = None
     on_result: Callable[[Any], None] | None = None
     on_end: Callable[[JobEnd], None] | None = None
+    on_start: Callable[[], None] | None = None
     speculative: bool = False
+    survives_retire: bool = False
     generation: int = -1
     context: JobContext | None = None
 
@@ -106,8 +111,6 @@ def _drive(job: Job, context: JobContext):
                     yield item
         return _Outcome("cancelled" if context.cancelled else "done", result)
     except Exception as error:  # noqa: BLE001 - every outcome goes back to the GUI thread (see module doc)
-        if context.cancelled and getattr(error, "stopped_on_request", False):
-            return _Outcome("cancelled")
         return _Outcome("failed", error=error)
 
 
@@ -115,6 +118,7 @@ class JobRunner(QObject):
     """Runs :class:`Job` s one at a time in napari worker threads (see the module docstring)."""
 
     changed = Signal()  # a job started, ended, was queued or dropped: read busy / idle again
+    callback_failed = Signal(object)  # a GUI-thread callback of a job raised this exception (the runner goes on)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -140,6 +144,13 @@ class JobRunner(QObject):
         return self._running is None and not self._queue
 
     @property
+    def working(self) -> bool:
+        """True while a job other than speculative work runs (also a cancelled one still finishing) or waits:
+        the session is in use, so the GUI thread must not change it."""
+        job = self._running
+        return (job is not None and not job.speculative) or any(not queued.speculative for queued in self._queue)
+
+    @property
     def running_name(self) -> str | None:
         return None if self._running is None else self._running.name
 
@@ -161,29 +172,36 @@ class JobRunner(QObject):
         self.changed.emit()
         return job
 
-    def cancel(self, speculative_only: bool = False) -> None:
-        """Ask the running job to stop (after the item it is computing); queued jobs stay queued."""
-        if self._running is not None and (self._running.speculative or not speculative_only):
-            self._running.context.cancel()
+    def cancel_job(self, job: Job) -> None:
+        """Stop ``job``: running, after the item it is computing; queued, at once (it never starts)."""
+        if job is self._running:
+            job.context.cancel()
+        elif job in self._queue:
+            self._queue.remove(job)
+            self._end(job, JobEnd("cancelled", current=self._current(job), started=False))
+            self.changed.emit()
 
     def cancel_speculative(self) -> None:
         """Stop speculative work, running or queued (the user did something)."""
         self._queue = deque(j for j in self._queue if not j.speculative)
-        self.cancel(speculative_only=True)
+        if self._running is not None and self._running.speculative:
+            self._running.context.cancel()
 
     def retire(self) -> None:
         """The target changed: cancel the running job, drop queued ones, and let nothing of theirs reach the GUI."""
         self.generation += 1
-        dropped, self._queue = list(self._queue), deque()
-        self.cancel()
+        dropped = [job for job in self._queue if not job.survives_retire]
+        self._queue = deque(job for job in self._queue if job.survives_retire)
+        if self._running is not None and not self._running.survives_retire:
+            self._running.context.cancel()
         for job in dropped:
-            self._end(job, JobEnd("cancelled", current=False))
+            self._end(job, JobEnd("cancelled", current=False, started=False))
         self.changed.emit()
 
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` in the GUI thread once no job runs (now, if none does), before queued jobs start."""
         if self._running is None:
-            callback()
+            self._call(callback)
         else:
             self._when_idle.append(callback)
 
@@ -195,6 +213,8 @@ class JobRunner(QObject):
         job = self._queue.popleft()
         job.context = JobContext()
         self._running = job
+        if job.on_start is not None:
+            self._call(job.on_start)
         worker = GeneratorWorker(_drive, job, job.context)
         worker.yielded.connect(lambda item, job=job: self._on_item(job, item))
         worker.returned.connect(lambda outcome, job=job: self._on_returned(job, outcome))
@@ -203,11 +223,18 @@ class JobRunner(QObject):
         worker.start()
 
     def _current(self, job: Job) -> bool:
-        return job.generation == self.generation
+        return job.survives_retire or job.generation == self.generation
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run a GUI-thread callback; what it raises is reported, and the runner goes on (the queue never stalls)."""
+        try:
+            callback(*args)
+        except Exception as error:  # noqa: BLE001 - reported through callback_failed, never raised into Qt
+            self.callback_failed.emit(error)
 
     def _on_item(self, job: Job, item: Any) -> None:
         if self._current(job) and job.on_item is not None:
-            job.on_item(item)
+            self._call(job.on_item, item)
 
     def _on_returned(self, job: Job, outcome: _Outcome) -> None:
         if job is not self._running:
@@ -222,10 +249,10 @@ class JobRunner(QObject):
         self._end(job, JobEnd(outcome.status, outcome.error, current))
         callbacks, self._when_idle = self._when_idle, []
         for callback in callbacks:
-            callback()
+            self._call(callback)
         self._start_next()
         self.changed.emit()
 
     def _end(self, job: Job, end: JobEnd) -> None:
         if job.on_end is not None:
-            job.on_end(end)
+            self._call(job.on_end, end)

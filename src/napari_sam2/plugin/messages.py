@@ -8,6 +8,7 @@ and is logged with its traceback.
 
 from __future__ import annotations
 
+import dis
 import logging
 from dataclasses import dataclass
 
@@ -25,13 +26,18 @@ class Message:
 
 
 def _raised_by_us(error: BaseException) -> bool:
-    """True when the innermost frame of the traceback (where ``raise`` ran) is napari-sam2 code."""
+    """True when a ``raise`` statement of napari-sam2 code raised ``error``: the innermost frame of the traceback is
+    ours *and* its instruction is a raise (an error raised inside a C function that our code called, e.g. a shape
+    mismatch in torch.cat, also ends in our frame, at the call)."""
     tb = error.__traceback__
     if tb is None:  # never raised (constructed to be shown): ours
         return True
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("napari_sam2")
+    if not str(tb.tb_frame.f_globals.get("__name__", "")).startswith("napari_sam2"):
+        return False
+    code, offset = tb.tb_frame.f_code, tb.tb_lasti
+    return any(ins.offset == offset and ins.opname == "RAISE_VARARGS" for ins in dis.get_instructions(code))
 
 
 def is_user_mistake(error: BaseException) -> bool:

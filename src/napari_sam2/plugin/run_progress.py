@@ -48,7 +48,7 @@ class RunProgress:
         return pace * max(self.total - self.done, 0)
 
     def text(self) -> str:
-        """E.g. "12/40 frames, about 35 s left"."""
+        """E.g. "12/40 steps, about 35 s left"."""
         left = self.seconds_left()
         tail = "" if left is None or self.done >= self.total else f", about {_duration(left)} left"
         return f"{self.done}/{self.total} steps{tail}"

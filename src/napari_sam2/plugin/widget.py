@@ -72,6 +72,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         self.setToolTip("Keyboard shortcuts (with a SAM 2 layer selected):\n" + shortcut_help())
         self.dwell = DwellPrecompute(self)
         self.runner.changed.connect(self._on_runner_changed)
+        self.runner.callback_failed.connect(self._fail)
         layers = self.viewer.layers
         layers.events.inserted.connect(self._refresh_layer_choices)
         layers.events.removed.connect(self._on_layer_removed)
@@ -120,10 +121,28 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         self.progress.setFormat("")
 
     def _end_busy_job(self, end: JobEnd) -> None:
-        """End of a job that showed the busy bar: the bar goes back to empty; a failure is reported."""
-        self._reset_progress()
+        """End of a job that showed the busy bar: the bar goes back to empty (unless a job it started goes on); a
+        failure is reported."""
+        if not self.runner.working:
+            self._reset_progress()
         if end.status == "failed" and end.current:
             self._fail(end.error)
+
+    def _refuse_while_working(self, what: str) -> bool:
+        """True (and the status says why) while a job uses the session or the target is being switched."""
+        if self.runner.working or self._retarget_pending:
+            self._say(f"Busy ({self.runner.running_name or 'switching the image'}); {what} once it has finished.")
+            return True
+        return False
+
+    def _write_all(self, writes: list[FrameWrite]) -> None:
+        """Write several frames as one undo step."""
+        writer = self.controller.writer
+        if writer is None:
+            return
+        with writer.one_undo_step():
+            for write in writes:
+                self._write(write)
 
     def _on_runner_changed(self) -> None:
         self.propagate_button.setEnabled(not self.runner.busy)
@@ -144,7 +163,6 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
     def load_model(self, name_or_path: str, device: str = "auto") -> Job:
         """Load a known model (downloaded once, hash-checked) or a checkpoint file in a worker thread; a running job
         is stopped first. The session, if any, is then rebuilt on the new model with every prompt (see use_model)."""
-        self.runner.retire()
         self._say(f"Loading {name_or_path}…")
 
         def work(_context: Any):
@@ -152,14 +170,14 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
                 yield f"Loading {name_or_path} (first time: downloading the weights, hash-checked)…"
             return load_model(name_or_path, None if device == "auto" else device, verbose=False)
 
+        # The load does not use the session: it waits for a running job and survives a change of image or output.
         return self._submit(Job("model load", work, on_item=self._say, on_result=self.use_model,
-                                on_end=self._end_busy_job), busy=True)
+                                on_end=self._end_busy_job, survives_retire=True), busy=True)
 
     def use_model(self, model: Any) -> None:
         """Track with ``model`` (a loaded SAM2Model). A running session is rebuilt on it in a worker, every prompt
         replayed; until that has finished the old model and session stay (``idle`` tells when)."""
         controller = self.controller
-        self.model_label.setText(describe_model(model))
         if controller.session is None:
             controller.model = model
             self._model_ready()
@@ -174,13 +192,19 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
 
         def done(result: Any) -> None:
             controller.model, (controller.session, writes) = model, result
-            for write in writes:
-                self._write(write)
+            self._write_all(writes)
             self._model_ready()
 
-        self._submit(Job("model replay", work, on_result=done, on_end=self._end_busy_job), busy=True)
+        def end(result: JobEnd) -> None:
+            if result.status == "cancelled" and controller.session is not old:  # the target changed meanwhile:
+                controller.model = model  # its new session is made with the new model
+                self._model_ready()
+            self._end_busy_job(result)
+
+        self._submit(Job("model replay", work, on_result=done, on_end=end), busy=True)
 
     def _model_ready(self) -> None:
+        self.model_label.setText(describe_model(self.controller.model))
         warning = ""
         if getattr(self.controller.model, "source", "") is None:
             warning = " It has RANDOM weights: its masks are meaningless shapes (load a known model for real ones)."
@@ -196,7 +220,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         of a 4-D movie, another channel), track that plane (a new session); otherwise rebuild the session with the
         layer's current contrast limits, replaying every prompt (in a worker)."""
         target = self.controller.target
-        if target is None:
+        if target is None or self._refuse_while_working("restart"):
             return None
         here = current_indices(target.layer, self.viewer.dims.point)
         if any(here[axis] != index for axis, index in target.fixed.items()):
@@ -216,8 +240,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
 
         def done(result: Any) -> None:
             controller.session, writes = result
-            for write in writes:
-                self._write(write)
+            self._write_all(writes)
             low, high = target.contrast_limits
             self._say(f"Session restarted with intensities {low:g}..{high:g}; propagate to update other frames.")
 
@@ -239,8 +262,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         obj_id = self.objects.current_id
         if obj_id is None:
             return
-        if self.runner.busy:
-            self._say(f"Busy ({self.runner.running_name}); remove the object once it has finished.")
+        if self._refuse_while_working("remove the object"):
             return
         self.runner.cancel_speculative()
         frames = self.controller.remove_object(obj_id)
@@ -283,8 +305,9 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
 
     @property
     def idle(self) -> bool:
-        """True when no job runs or waits, every prompt given so far has been sent and no re-targeting is pending
-        (scripts and tests wait for this)."""
+        """True when no job runs or waits (encoding ahead included), every prompt given so far has been sent, no
+        re-targeting is pending and the viewer has not just moved to a frame that will be encoded ahead (scripts and
+        tests wait for this)."""
         return (self.runner.idle and not self._prompts_dirty and not self._retarget_pending
                 and not self.dwell.pending)
 
@@ -326,7 +349,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
             self._prompts_dirty = False
             self._fail(error)
             return
-        controller.note_sent(key, prompts)
+        previous = controller.note_sent(key, prompts)
         dtype = controller.label_dtype
         frame, obj_id = key
         self._say(f"Computing the mask of object {obj_id} on frame {frame}…")
@@ -335,8 +358,14 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
             self._write(write)
             self._say(f"Object {obj_id} on frame {frame}: mask updated. Add clicks, or propagate.")
 
+        def end(result: JobEnd) -> None:
+            if not result.started:  # dropped before it ran: the prompt is still to be sent (to the next session)
+                controller.restore_sent(key, previous)
+                self._prompts_dirty = True
+            self._end_prompt_job(result)
+
         self._submit(Job("click", lambda _: controller.compute_prompt(session, key, prompts, dtype),
-                         on_result=done, on_end=self._end_prompt_job))
+                         on_result=done, on_end=end))
 
     def _end_prompt_job(self, end: JobEnd) -> None:
         if end.status == "failed" and end.current:
@@ -346,7 +375,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         """Send the current object's painted pixels on this frame as a mask prompt (Shift-M); the painting stays
         pending until the model has taken it."""
         obj_id = self.objects.current_id
-        if obj_id is None:
+        if obj_id is None or self._refuse_while_working("send the painted mask"):
             return None
         try:
             correction = self.controller.painted_mask(self.current_frame(), obj_id)
@@ -360,8 +389,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         controller, dtype = self.controller, self.controller.label_dtype
 
         def done(writes: list[FrameWrite]) -> None:
-            for write in writes:
-                self._write(write)
+            self._write_all(writes)
             self._say(f"Mask prompt used for {describe_frames({c.obj_id: {c.frame} for c in corrections})}.")
 
         return self._submit(Job("painted mask", lambda _: list(controller.mask_writes(session, corrections, dtype)),
@@ -377,6 +405,8 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
 
     def closeEvent(self, event: Any) -> None:
         self.runner.retire()
-        self.dwell.stop()
+        self.dwell.close()
+        self.viewer.layers.events.inserted.disconnect(self._refresh_layer_choices)
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
         self.controller.set_labels_layer(None)
         super().closeEvent(event)

@@ -30,6 +30,8 @@ class FileActions:
         """Save every object's prompts to a session file (JSON)."""
         if self.controller.session is None:
             raise RuntimeError("nothing to save yet: give a prompt first")
+        if self.runner.working:
+            raise RuntimeError(f"busy ({self.runner.running_name}): save the session once it has finished")
         return save_session(self.controller.session, path)
 
     def load_session(self, path: str | Path) -> Job | None:
@@ -39,6 +41,8 @@ class FileActions:
         controller = self.controller
         if controller.model is None or controller.target is None or self.labels_layer is None:
             raise RuntimeError("load a model and pick the image (and output layer) before loading a session")
+        if self._retarget_pending:
+            raise RuntimeError("the image is being switched: load the session once it is done")
         self.runner.retire()
         model, frames, dtype = controller.model, controller.target.frames, controller.label_dtype
 
@@ -48,8 +52,7 @@ class FileActions:
             controller.session = session
             self._drop_prompt_layers(keep_for_later=False)
             self._ensure_layers()
-            for write in writes:
-                self._write(write)
+            self._write_all(writes)
             for obj_id in session.obj_ids:
                 self.objects.add_id(obj_id, select=False)
             current = self.objects.current_id or 1

@@ -1,9 +1,9 @@
 """Which layers the dock widget works on: the image and its tracked axis, the output Labels layer, the prompt layers.
 
 A mixin of :class:`~napari_sam2.plugin.widget.SAM2TrackingWidget` (it uses the widget's controls, controller and job
-runner). Changing the image, the axis or the output layer, or removing one of them, retires the running job first:
-the new target is built only once that job has finished (see :mod:`.job_runner`), and nothing of the old job
-reaches the new layers. Axis order is napari's: the image layer's leading axes, then (row, col) = (y, x).
+runner). Changing the image or the axis, or removing the image, retires the running job and builds the new target
+only once that job has finished (see :mod:`.job_runner`). Changing or removing the output layer retires the job too
+(nothing of it reaches any layer any more) and takes the new layer at once: the job only computes on the session. Axis order is napari's: the image layer's leading axes, then (row, col) = (y, x).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class LayerBinding:
             # add_labels re-entered _refresh_labels_choices via the inserted event; select the new layer there.
         try:
             self.controller.set_labels_layer(layer)
-        except TargetError as error:
+        except ValueError as error:  # wrong shape (TargetError), multiscale, ...: said, not raised
             self._fail(error)
             return None
         index = self.labels_combo.findData(layer)

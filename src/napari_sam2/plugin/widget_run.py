@@ -24,6 +24,8 @@ class _Run:
     progress: RunProgress
     note: str
     range_frames: int
+    writer: Any = None  # the Labels writer whose undo group the run holds (from its start)
+    job: Job | None = None
     frames: set[int] = field(default_factory=set)
     kept: dict[int, set[int]] = field(default_factory=dict)  # object -> frames left as the user edited them
 
@@ -45,8 +47,8 @@ class RunActions:
         """Track every object from ``start`` (default: the current frame) over frames ``first..last`` (default: the
         range boxes), writing each frame as it comes; painted corrections become mask prompts first. Returns the job
         (None when nothing was started, and the status line says why)."""
-        if self.runner.busy:
-            self._say(f"Busy ({self.runner.running_name or 'a job is waiting'}); wait for it or press Cancel.")
+        if self.runner.busy or self._retarget_pending:
+            self._say(f"Busy ({self.runner.running_name or 'switching the image'}); wait for it or press Cancel.")
             return None
         direction = direction or self.direction_combo.currentText()
         controller = self.controller
@@ -81,12 +83,18 @@ class RunActions:
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.progress.setFormat(run.progress.text())
-        self.labels_layer.mode = "pan_zoom"  # keep the brush away while frames are written (see LabelsWriter)
-        controller.writer.begin_undo_group()
         self.cancel_button.setEnabled(True)
         self._say(f"{note} Propagating {direction} from frame {start}…".strip())
-        return self._submit(Job("propagation", work, on_item=lambda item: self._on_run_item(run, item),
-                                on_end=lambda end: self._end_run(run, end)))
+
+        def begin() -> None:  # when the run leaves the queue (a cancelled run may still be finishing before it)
+            run.writer = controller.writer
+            if run.writer is not None:
+                run.writer.layer.mode = "pan_zoom"  # keep the brush away while frames are written (see LabelsWriter)
+                run.writer.begin_undo_group()
+
+        run.job = Job("propagation", work, on_start=begin, on_item=lambda item: self._on_run_item(run, item),
+                      on_end=lambda end: self._end_run(run, end))
+        return self._submit(run.job)
 
     def _on_run_item(self, run: _Run, item: tuple[str, FrameWrite]) -> None:
         kind, write = item
@@ -106,14 +114,16 @@ class RunActions:
         self.frame_written.emit(write.frame)
 
     def _end_run(self, run: _Run, end: JobEnd) -> None:
-        if self._run is run:
+        latest = self._run is run
+        if latest:
             self._run = None
             self.cancel_button.setEnabled(False)
-        writer = self.controller.writer
-        if writer is not None and writer.in_undo_group:
-            writer.end_undo_group()
+        if run.writer is not None and run.writer.in_undo_group:
+            run.writer.end_undo_group()
+        writer = run.writer
         if not end.current:
-            self._reset_progress()
+            if latest:
+                self._reset_progress()
             return
         written = f"{len(run.frames)} of {run.range_frames} frames written in {run.progress.elapsed:.1f} s"
         kept = ""
@@ -134,8 +144,9 @@ class RunActions:
 
     def cancel(self) -> None:
         """Stop the running propagation after the frame being computed; frames written so far stay (Shift-C)."""
-        if self._run is not None and self.runner.is_running("propagation"):
-            self.runner.cancel()
+        run = self._run
+        if run is not None and run.job is not None:
+            self.runner.cancel_job(run.job)
             self._say("Cancelling after the current frame…")
 
 
