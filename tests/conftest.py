@@ -15,3 +15,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("checkpoint")
     return write_checkpoint(folder / TINY_CHECKPOINT_NAME, "sam2.1_hiera_t", seed=3, object_score_bias=8.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A small random-weight SAM 2.1 tiny (image size 128), one per test module (a module may define its own)."""
+    from session_support import small_model
+
+    return small_model()

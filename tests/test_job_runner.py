@@ -152,7 +152,7 @@ def test_messages_are_one_short_line_and_bugs_are_told_apart():
         assert not is_user_mistake(error)  # raised here, in a test module, not by napari-sam2
     ours_module = {"__name__": "napari_sam2.example"}  # functions that live in a napari-sam2 module
     exec("def converts():\n    return int('x')\n\ndef refuses():\n    raise ValueError('frame 9 is out of range')\n",
-         ours_module)
+         ours_module)  # noqa: S102 - a module whose name is napari-sam2's, made for the test
     for name, mistake in (("converts", False), ("refuses", True)):
         try:
             ours_module[name]()

@@ -6,10 +6,9 @@ what the widget wrote with the engine's own results and with what must not chang
 """
 
 import numpy as np
-import pytest
 import tifffile
 from session_support import cells_movie, small_model
-from widget_support import click, open_widget, wait_idle
+from widget_support import click, labels_of, open_widget, wait_idle, widget_fixture
 
 from napari_sam2.plugin.prompt_layers import NEGATIVE_COLOUR, POSITIVE_COLOUR, prompt_rows
 from napari_sam2.plugin.widget import SHORTCUTS, SAM2TrackingWidget
@@ -17,21 +16,7 @@ from napari_sam2.plugin.widget import SHORTCUTS, SAM2TrackingWidget
 T = 6
 
 
-@pytest.fixture(scope="module")
-def model():
-    return small_model()
-
-
-@pytest.fixture
-def widget(make_napari_viewer, model, qtbot):
-    viewer = make_napari_viewer()
-    widget, _ = open_widget(viewer, model, cells_movie(T))
-    yield widget
-    wait_idle(qtbot, widget)
-
-
-def labels_of(widget) -> np.ndarray:
-    return np.array(widget.labels_layer.data)
+widget = widget_fixture(T)
 
 
 def object_mask(widget, frame, obj_id) -> np.ndarray:

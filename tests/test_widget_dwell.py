@@ -6,18 +6,13 @@ import time
 
 import numpy as np
 import pytest
-from session_support import cells_movie, small_model
+from session_support import cells_movie
 from widget_support import click, open_widget, wait_idle
 
 from napari_sam2 import TrackingSession
 
 T = 6
 BLOB = (33, 27)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return small_model()
 
 
 @pytest.fixture
@@ -68,11 +63,17 @@ def slow_precompute(calls: list):
     return precompute
 
 
-def test_navigation_stops_encoding_ahead_within_300_ms(widget, qtbot, monkeypatch):
+def slow_encoding_on(widget, qtbot, monkeypatch, frame: int) -> list:
+    """Rest on ``frame`` with a precompute that works until stopped; its calls once it has started."""
     calls = []
     monkeypatch.setattr(widget.controller.session, "precompute", slow_precompute(calls))
-    widget.viewer.dims.set_current_step(0, 4)
+    widget.viewer.dims.set_current_step(0, frame)
     qtbot.waitUntil(lambda: bool(calls), timeout=10_000)
+    return calls
+
+
+def test_navigation_stops_encoding_ahead_within_300_ms(widget, qtbot, monkeypatch):
+    calls = slow_encoding_on(widget, qtbot, monkeypatch, 4)
     moved = time.perf_counter()
     widget.viewer.dims.set_current_step(0, 5)  # the user moves on
     qtbot.waitUntil(lambda: calls[0][0] == "stopped", timeout=5_000)
@@ -82,10 +83,7 @@ def test_navigation_stops_encoding_ahead_within_300_ms(widget, qtbot, monkeypatc
 
 
 def test_a_click_stops_encoding_ahead_and_is_computed(widget, qtbot, monkeypatch):
-    calls = []
-    monkeypatch.setattr(widget.controller.session, "precompute", slow_precompute(calls))
-    widget.viewer.dims.set_current_step(0, 2)
-    qtbot.waitUntil(lambda: bool(calls), timeout=10_000)
+    calls = slow_encoding_on(widget, qtbot, monkeypatch, 2)
     clicked = time.perf_counter()
     click(widget, 2, (36, 29))
     qtbot.waitUntil(lambda: calls[0][0] == "stopped", timeout=5_000)

@@ -10,29 +10,14 @@ with the engine's own results and with what must not change.
 import threading
 
 import numpy as np
-import pytest
-from session_support import cells_movie, small_model
-from widget_support import click, open_widget, wait_idle
+from session_support import cells_movie
+from widget_support import click, dock, labels_of, open_widget, wait_idle, widget_fixture
 
 T = 8
 BLOB = (33, 27)  # (row, col) on the blob of cells_movie in the first frames
 
 
-@pytest.fixture(scope="module")
-def model():
-    return small_model()
-
-
-@pytest.fixture
-def widget(make_napari_viewer, model, qtbot):
-    viewer = make_napari_viewer()
-    widget, _ = open_widget(viewer, model, cells_movie(T))
-    yield widget
-    wait_idle(qtbot, widget)
-
-
-def labels_of(widget) -> np.ndarray:
-    return np.array(widget.labels_layer.data)
+widget = widget_fixture(T)
 
 
 def tracked(widget, qtbot, frame: int = 0) -> None:
@@ -209,12 +194,7 @@ def test_remove_object_on_a_4d_layer_changes_only_the_tracked_plane(make_napari_
     data = np.stack([cells_movie(3, shape=(64, 64))] * 3, axis=1)  # (T, Z, Y, X)
     layer = viewer.add_image(data, name="tzyx")
     viewer.dims.set_current_step(1, 1)
-    from napari_sam2.plugin.widget import SAM2TrackingWidget
-
-    widget = SAM2TrackingWidget(viewer)
-    widget.dwell.delay_ms = None
-    widget.use_model(model)
-    widget.set_image_layer(layer, 0)
+    widget = dock(viewer, model, layer, 0)
     wait_idle(qtbot, widget)
     assert widget.controller.target.fixed == {1: 1}
     labels = widget.labels_layer

@@ -11,8 +11,8 @@ what the widget wrote with the engine's own result (``session.label_image``) and
 import numpy as np
 import pytest
 from napari.layers import Labels
-from session_support import cells_movie, small_model
-from widget_support import click, open_widget, wait_idle
+from session_support import cells_movie
+from widget_support import click, dock, labels_of, open_widget, wait_idle
 
 from napari_sam2.plugin.prompt_layers import prompt_rows, set_prompt_defaults
 from napari_sam2.plugin.widget import SAM2TrackingWidget
@@ -22,31 +22,11 @@ SHAPE = (64, 64)  # (Y, X) of every movie; the blob of cells_movie is near (30 +
 BLOB = (33, 27)  # (row, col) on the blob in every frame used here
 
 
-@pytest.fixture(scope="module")
-def model():
-    return small_model()
-
-
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
 def movie(dtype=np.uint16) -> np.ndarray:
     return cells_movie(T, SHAPE, dtype=dtype)
-
-
-def dock(viewer, model, layer, track_axis: int = 0) -> SAM2TrackingWidget:
-    """Dock the widget on a viewer that already holds ``layer`` (and whose sliders are already set), then give it
-    the model and the layer, as a user would: the target takes the other axes' indices from the viewer's sliders."""
-    widget = SAM2TrackingWidget(viewer)
-    widget.dwell.delay_ms = None  # no encoding ahead in these tests
-    viewer.window.add_dock_widget(widget)
-    widget.use_model(model)
-    widget.set_image_layer(layer, track_axis)
-    return widget
-
-
-def labels_of(widget) -> np.ndarray:
-    return np.array(widget.labels_layer.data)
 
 
 def engine_labels(widget, frame: int) -> np.ndarray:

@@ -6,9 +6,8 @@ local file, an honest progress bar, Tracks-layer feedback. Real napari viewer; (
 import logging
 
 import numpy as np
-import pytest
-from session_support import cells_movie, small_model
-from widget_support import click, open_widget, wait_idle
+from session_support import cells_movie
+from widget_support import click, wait_idle, widget_fixture
 
 from napari_sam2.plugin.job_runner import Job
 from napari_sam2.plugin.widget import SAM2TrackingWidget
@@ -17,17 +16,7 @@ from napari_sam2.weights import WeightsError
 T = 4
 
 
-@pytest.fixture(scope="module")
-def model():
-    return small_model()
-
-
-@pytest.fixture
-def widget(make_napari_viewer, model, qtbot):
-    viewer = make_napari_viewer()
-    widget, _ = open_widget(viewer, model, cells_movie(T))
-    yield widget
-    wait_idle(qtbot, widget)
+widget = widget_fixture(T)
 
 
 def widget_records(caplog) -> list[logging.LogRecord]:

@@ -7,18 +7,13 @@ the layers, and the new session must hold no stale prompts. Real napari viewer; 
 import numpy as np
 import pytest
 from session_support import cells_movie, small_model
-from widget_support import click, open_widget, wait_idle
+from widget_support import click, dock, open_widget, wait_idle
 
 from napari_sam2.plugin.widget import SAM2TrackingWidget
 
 T = 8
 BLOB = (33, 27)
 WHILE = ["click", "propagation"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return small_model()
 
 
 def start_job(widget, qtbot, kind: str) -> None:
@@ -67,10 +62,7 @@ def test_switching_the_tracked_axis_while_a_job_runs(make_napari_viewer, model, 
     layer = viewer.add_image(data, name="tzyx")
     viewer.dims.set_current_step(0, 0)
     viewer.dims.set_current_step(1, 0)
-    widget = SAM2TrackingWidget(viewer)
-    widget.dwell.delay_ms = None
-    widget.use_model(model)
-    widget.set_image_layer(layer, 0)
+    widget = dock(viewer, model, layer, 0)
     wait_idle(qtbot, widget)
     start_job(widget, qtbot, kind)
     output = widget.labels_layer

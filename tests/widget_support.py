@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from session_support import cells_movie
 
 from napari_sam2.plugin.widget import SAM2TrackingWidget
 
@@ -32,3 +34,30 @@ def click(widget: SAM2TrackingWidget, frame: int, yx, positive: bool = True, obj
     layer = widget.points_layer
     set_prompt_defaults(layer, obj_id=obj_id or widget.objects.current_id, positive=positive)
     layer.add(prompt_rows(widget.controller.target, frame, np.asarray([yx], dtype=float)))
+
+
+def dock(viewer, model, layer, track_axis: int = 0) -> SAM2TrackingWidget:
+    """Dock the widget on a viewer that already holds ``layer`` (and whose sliders are already set), then give it
+    the model and the layer, as a user would: the target takes the other axes' indices from the viewer's sliders."""
+    widget = SAM2TrackingWidget(viewer)
+    widget.dwell.delay_ms = None  # no encoding ahead unless a test asks for it
+    viewer.window.add_dock_widget(widget)
+    widget.use_model(model)
+    widget.set_image_layer(layer, track_axis)
+    return widget
+
+
+def labels_of(widget: SAM2TrackingWidget) -> np.ndarray:
+    """A copy of the output Labels layer's data."""
+    return np.array(widget.labels_layer.data)
+
+
+def widget_fixture(frames: int):
+    """A ``widget`` fixture: the dock widget on a (frames, 96, 80) cell movie, waited for at teardown."""
+    @pytest.fixture
+    def widget(make_napari_viewer, model, qtbot):
+        viewer = make_napari_viewer()
+        docked, _ = open_widget(viewer, model, cells_movie(frames))
+        yield docked
+        wait_idle(qtbot, docked)
+    return widget
