@@ -110,6 +110,7 @@ def main() -> None:
     correction_plain = timed_click(1, 1, positive=False)[0]
     new_plain = timed_click(11, 1)[0]
     widget.dwell.delay_ms = 1000
+    widget.objects.select_id(1)  # the object the user is about to correct is the selected one
     go_to(2)
     rest(args.dwell)
     correction_dwell = timed_click(2, 1, positive=False)[0]
