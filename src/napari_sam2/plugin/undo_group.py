@@ -11,7 +11,7 @@ While the flag is set napari stages *every* edit, the user's too (a fill, a brus
 So that the user's edits made meanwhile are known before the next frame is written, the group reads napari's staged
 atoms as they come (:meth:`UndoGroup.take_foreign`) and tells them from the writer's own (:meth:`UndoGroup.own`).
 napari has no public way to see staged atoms: ``Labels._staged_history`` is read (never changed); without it (a
-future napari) edits made during a group are learnt only from its commit event.
+future napari) edits made during a group are learnt only from its commit event, which is then read like any other.
 
 Caveats, inherent to napari's single staging list: a brush stroke the user finishes while a group is open commits
 the group's atoms so far together with the stroke and clears the flag (``_commit_stroke``), so the rest of the run
@@ -23,6 +23,7 @@ was written can be undone. Qt-free.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -40,9 +41,18 @@ class UndoGroup:
         self._staged: list | None = None  # napari's staging list of the open group, as last seen
         self._seen = 0  # how many of its atoms have been taken (the writer's or the user's)
 
+    def _read_staged(self) -> list | None:
+        """napari's staging list, or None where it cannot be read. napari 0.9 warns (FutureWarning) on a plugin's
+        access to private attributes; this read is deliberate (see the module docstring) and the warning would
+        only alarm users, so it is silenced here, for this one read."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            staged = getattr(self._layer, "_staged_history", None)
+        return staged if isinstance(staged, list) else None
+
     def _staged_now(self) -> list | None:
-        staged = getattr(self._layer, "_staged_history", None)
-        if not self.active or not isinstance(staged, list):
+        staged = self._read_staged() if self.active else None
+        if staged is None:
             return None
         if staged is not self._staged:  # a new list: napari committed (e.g. a brush stroke ended) and started anew
             self._staged, self._seen = staged, 0
@@ -86,6 +96,9 @@ class UndoGroup:
         self._depth -= 1
         if self._depth == 0:
             cm, self._cm = self._cm, None
+            if self._read_staged() is None:  # the user's atoms could not be taken: the writer reads the commit event
+                cm.__exit__(None, None, None)
+                return
             with self._around_commit():
                 cm.__exit__(None, None, None)
 
