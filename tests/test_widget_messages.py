@@ -142,3 +142,13 @@ def test_the_plugin_menu_names_the_widget_once(make_napari_viewer):
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", contribution.display_name)
     assert isinstance(widget, SAM2TrackingWidget)
     assert widget.maximumWidth() <= 360  # leaves the canvas its right side
+
+
+def test_a_click_over_an_unsent_painting_of_the_same_object_says_so(widget, qtbot):
+    widget.labels_layer.data_setitem((np.full(16, 1), *np.nonzero(np.ones((4, 4), bool))), 1)  # painted, not sent
+    click(widget, 1, (33, 27))
+    wait_idle(qtbot, widget)
+    assert "It replaced your painting of that object there" in widget.status.text(), widget.status.text()
+    click(widget, 1, (35, 28))
+    wait_idle(qtbot, widget)
+    assert "replaced" not in widget.status.text()

@@ -355,8 +355,12 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         self._say(f"Computing the mask of object {obj_id} on frame {frame}…")
 
         def done(write: FrameWrite) -> None:
+            writer = controller.writer
+            painted = writer is not None and bool(writer.edited_ids(frame, [obj_id]))
             self._write(write)
-            self._say(f"Object {obj_id} on frame {frame}: mask updated. Add clicks, or propagate.")
+            note = (" It replaced your painting of that object there (Undo in the Labels layer brings it back)."
+                    if painted else " Add clicks, or propagate.")
+            self._say(f"Object {obj_id} on frame {frame}: mask updated.{note}")
 
         def end(result: JobEnd) -> None:
             if not result.started:  # dropped before it ran: the prompt is still to be sent (to the next session)
