@@ -1,10 +1,9 @@
 """What the dock widget does, without Qt: prompts in, masks out, through one :class:`~napari_sam2.TrackingSession`.
 
-Two kinds of methods. *Work* (``compute_prompt``, ``mask_writes``, ``propagation``, ``replayed``, ``loaded``, and
-``new_session`` when a job makes one) runs in a worker thread on the session passed to it and returns
+Two kinds of methods. *Work* (``compute_prompt``, ``mask_writes``, ``propagation``, ``replayed``, ``loaded``) runs in a worker thread on the session passed to it and returns
 :class:`FrameWrite` s; it never touches a napari layer or changes the controller's state, so a job whose target went
-away cannot disturb the new one. Everything else runs in the
-GUI thread: it reads the prompt layers, owns the session and writes results through the
+away cannot disturb the new one (``replayed`` reads the target, which a job keeps until it has finished). Everything
+else runs in the GUI thread: it reads the prompt layers, owns the session and writes results through the
 :class:`~napari_sam2.plugin.labels_writer.LabelsWriter` (undo-able, scoped to the tracked objects, and leaving the
 user's edits exactly as the user left them: see :meth:`TrackingController.apply`).
 
@@ -23,6 +22,7 @@ import numpy as np
 from ..engine.postprocess import labels_from_logits
 from ..engine.session import TrackingSession
 from ..engine.session_file import load_session
+from .label_ids import as_ids, isin_ids
 from .labels_writer import LabelsWriter
 from .prompt_layers import FramePrompts, PromptKey
 from .track_target import TargetError, TrackTarget
@@ -203,14 +203,14 @@ class TrackingController:
                     yield FrameWrite(frame, tuple(obj_ids), labels_from_logits(obj_ids, logits, dtype=dtype),
                                      exact=_mask_prompts(session, frame))
 
-    @staticmethod
-    def replayed(old: TrackingSession, new: TrackingSession, dtype: np.dtype) -> list[FrameWrite]:
-        """Give every prompt of ``old`` (clicks, boxes and painted masks, in order) to the fresh session ``new``;
-        the prompted frames' results."""
+    def replayed(self, old: TrackingSession, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
+        """A fresh session on the target with ``model`` (contrast limits as last read), given every prompt of ``old``
+        (clicks, boxes and painted masks, in order); with the prompted frames' results."""
+        new = self.new_session(model)
         history = [(frame, obj_id, prompt) for obj_id in old.obj_ids
                    for frame, steps in old.prompt_history(obj_id).items() for prompt in steps]
         new.restore_prompts(history)
-        return _prompted_frame_writes(new, dtype)
+        return new, _prompted_frame_writes(new, dtype)
 
     @staticmethod
     def loaded(path: Any, frames: Any, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
@@ -237,16 +237,15 @@ class TrackingController:
         if writer is None:
             raise RuntimeError("no Labels layer to write into; pick or create one")
         frame = write.frame
-        protect = [i for i in write.obj_ids if i != write.focus and i not in write.exact]
-        kept = set(writer.edited_ids(frame, protect)) if protect else set()
+        kept = writer.edited_ids(frame, [i for i in write.obj_ids if i != write.focus and i not in write.exact])
         if write.exact:
             current = writer.read_frame(frame)
-            differ = [i for i, mask in write.exact.items() if not np.array_equal(current == i, mask)]
-            kept |= writer.edited_ids(frame, differ) if differ else set()
+            kept |= writer.edited_ids(frame, [i for i, mask in write.exact.items()
+                                              if not np.array_equal(current == i, mask)])
         labels = write.labels
         replaced = kept | set(write.exact)
         if replaced:
-            labels = np.where(np.isin(labels, sorted(replaced)), 0, labels).astype(labels.dtype, copy=False)
+            labels = np.where(isin_ids(labels, as_ids(replaced)), 0, labels).astype(labels.dtype, copy=False)
             for obj_id, mask in write.exact.items():
                 if obj_id not in kept:
                     labels[mask] = obj_id

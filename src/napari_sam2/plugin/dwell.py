@@ -64,9 +64,7 @@ class DwellPrecompute:
         if session is None or not widget.runner.idle or widget.controller.target is None:
             return
         frame = widget.current_frame()
-        obj_id = widget.objects.current_id
-        if obj_id is not None and obj_id not in session.obj_ids:
-            obj_id = None
+        obj_id = widget.objects.current_id  # (an object without results there just gets the encode)
 
         def work(context: Any) -> bool:
             return session.precompute(frame, obj_id, should_stop=context.should_stop)

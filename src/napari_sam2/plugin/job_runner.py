@@ -164,9 +164,7 @@ class JobRunner(QObject):
         speculative work first."""
         job.generation = self.generation
         if not job.speculative:
-            self._queue = deque(j for j in self._queue if not j.speculative)
-            if self._running is not None and self._running.speculative:
-                self._running.context.cancel()
+            self.cancel_speculative()
         self._queue.append(job)
         self._start_next()
         self.changed.emit()

@@ -125,8 +125,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         failure is reported."""
         if not self.runner.working:
             self._reset_progress()
-        if end.status == "failed" and end.current:
-            self._fail(end.error)
+        self._end_prompt_job(end)
 
     def _refuse_while_working(self, what: str) -> bool:
         """True (and the status says why) while a job uses the session or the target is being switched."""
@@ -186,10 +185,6 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         old, dtype = controller.session, controller.label_dtype
         self._say("Replaying every prompt on the new model…")
 
-        def work(_context: Any) -> Any:
-            new = controller.new_session(model)
-            return new, controller.replayed(old, new, dtype)
-
         def done(result: Any) -> None:
             controller.model, (controller.session, writes) = model, result
             self._write_all(writes)
@@ -201,7 +196,8 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
                 self._model_ready()
             self._end_busy_job(result)
 
-        self._submit(Job("model replay", work, on_result=done, on_end=end), busy=True)
+        self._submit(Job("model replay", lambda _: controller.replayed(old, model, dtype), on_result=done, on_end=end),
+                     busy=True)
 
     def _model_ready(self) -> None:
         self.model_label.setText(describe_model(self.controller.model))
@@ -234,10 +230,6 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         target.refresh_contrast()
         old, model, dtype = controller.session, controller.model, controller.label_dtype
 
-        def work(_context: Any) -> Any:
-            new = controller.new_session(model)
-            return new, controller.replayed(old, new, dtype)
-
         def done(result: Any) -> None:
             controller.session, writes = result
             self._write_all(writes)
@@ -245,7 +237,8 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
             self._say(f"Session restarted with intensities {low:g}..{high:g}; propagate to update other frames.")
 
         self._say("Restarting the session with the current contrast limits…")
-        return self._submit(Job("restart", work, on_result=done, on_end=self._end_busy_job), busy=True)
+        return self._submit(Job("restart", lambda _: controller.replayed(old, model, dtype), on_result=done,
+                                on_end=self._end_busy_job), busy=True)
 
     # ================================================================== objects
 
@@ -372,6 +365,7 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
                          on_result=done, on_end=end))
 
     def _end_prompt_job(self, end: JobEnd) -> None:
+        """End of a job: a failure of a still current job is reported."""
         if end.status == "failed" and end.current:
             self._fail(end.error)
 

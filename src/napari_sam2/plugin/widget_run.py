@@ -120,16 +120,14 @@ class RunActions:
             self.cancel_button.setEnabled(False)
         if run.writer is not None and run.writer.in_undo_group:
             run.writer.end_undo_group()
-        writer = run.writer
+        if not latest:  # a newer run has started: it owns the status line and the bar
+            return
         if not end.current:
-            if latest:
-                self._reset_progress()
+            self._reset_progress()
             return
         written = f"{len(run.frames)} of {run.range_frames} frames written in {run.progress.elapsed:.1f} s"
         kept = ""
-        if self._run is not None:  # a newer run has started: it owns the status line and the bar
-            return
-        pending = _still_pending(writer, run.kept)  # (a later write of the run may have taken an edit)
+        pending = _still_pending(run.writer, run.kept)  # (a later write of the run may have taken an edit)
         if pending:
             kept = (f" Your edits of {describe_frames(pending)} were left as you made them; they become prompts "
                     "at the next run.")
