@@ -1,16 +1,19 @@
 """Frames per second and peak GPU memory on CUDA, ours / reference, side by side in one process.
 
-    python benchmarks/bench_gpu.py [--configs sam2.1_hiera_t sam2.1_hiera_b+] [--objects 1 4 16] [--frames 60]
-                                   [--size 1024] [--no-compile]
+    python benchmarks/bench_gpu.py [--configs sam2.1_hiera_t sam2.1_hiera_b+] [--objects 1 16 64] [--frames 24]
+                                   [--size 1024] [--precision bf16] [--no-compile] [--no-fold]
 
 The reference is Meta's ``SAM2VideoPredictorVOS`` (``build_sam2_video_predictor(..., vos_optimized=True)``:
-its image encoder, memory modules and SAM heads compiled with ``torch.compile``); ours is a TrackingSession with
-``compile_model=True``. Both run under bf16 autocast (our CUDA default, and how Meta's examples run the
-reference), from the same random state dict (random weights run as fast as the official ones), on the same
-synthetic movie (1024 x 1024 frames; the reference reads its JPEG folder, we the decoded arrays), with one click
-per object on frame 0. Each side first propagates once untimed (compilation and autotuning), then the prompts
-are given again and the forward propagation over all frames is timed: frames per second = frames / seconds,
-with the GPU synchronised; peak GPU memory is ``torch.cuda.max_memory_allocated`` during that run.
+its image encoder, memory modules and SAM heads compiled with ``torch.compile``); ours is a TrackingSession on
+a model compiled once (``compile_model=True`` semantics: image encoder and memory attention). Both run at the
+same precision (default: what our session picks for the GPU, bf16 autocast on Ampere and newer; the reference
+runs under the same autocast), from the same random state dict (random weights run as fast as the official
+ones), on the same synthetic movie (the reference reads its JPEG folder, we the decoded arrays), with one click
+per object on frame 0. Each model is built and compiled once per config; for each object count, each side
+first propagates once untimed (compilation, autotuning, caches), then the prompts are given again and the
+forward propagation over all frames is timed: frames per second = frames / seconds with the GPU synchronised;
+peak GPU memory is ``torch.cuda.max_memory_allocated`` during that run; recompiles are graphs our compiled
+modules compiled during the timed run (0 means the warm-up covered every shape).
 
 ``--device cpu --no-compile`` runs the same code on the CPU at a small size (a smoke test of this script; the
 reference is then the plain predictor in fp32).
@@ -19,10 +22,12 @@ reference is then the plain predictor in fp32).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,25 @@ from reference_support import randomize_state_dict, reference_yaml
 from video_scenarios import synthetic_movie, write_jpeg_folder
 
 from napari_sam2 import TrackingSession, build_model
+from napari_sam2.engine.acceleration import autocast, resolve_precision
+
+
+@dataclass
+class Row:
+    """One measurement: a config and object count, both sides."""
+
+    config: str
+    objects: int
+    frames: int
+    ours_fps: float
+    ref_fps: float
+    ours_peak_mib: float
+    ref_peak_mib: float
+    recompiles: int | None  # graphs our compiled modules compiled in the timed run (None: not compiled)
+
+    @property
+    def speedup(self) -> float:
+        return self.ours_fps / self.ref_fps
 
 
 def synchronize(device: torch.device) -> None:
@@ -68,70 +92,95 @@ def build_reference(config: str, size: int, device: torch.device, optimized: boo
     return predictor.eval(), state_dict
 
 
-def measure(config: str, n_objects: int, movie: np.ndarray, jpeg_folder: Path, device: torch.device,
-            compile_model: bool) -> dict[str, float]:
+def compiled_graphs(model) -> int | None:
+    """Graphs compiled so far by the model's compiled modules (None when nothing is compiled)."""
+    counts = model.compile_counts()
+    return sum(counts.values()) if counts else None
+
+
+def measure_config(config: str, object_counts: list[int], movie: np.ndarray, jpeg_folder: Path,
+                   device: torch.device, compile_model: bool, precision: str, fold_values: bool = True,
+                   report: Callable[[Row], None] = print,
+                   keep_going: Callable[[str, int], bool] = lambda config, objects: True) -> list[Row]:
+    """Rows for every object count, with each side's model built (and compiled) once; an object count for
+    which ``keep_going(config, objects)`` says False is skipped (a time budget, say)."""
     size = movie.shape[1]
-    clicks = click_points(n_objects, size)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
     reference, state_dict = build_reference(config, size, device, optimized=compile_model)
     if device.type != "cuda":
         reference.fill_hole_area = 0  # the reference fills holes with a CUDA extension only
-
-    def reference_run():
-        state = reference.init_state(video_path=str(jpeg_folder))
-        for obj_id, (row, col) in enumerate(clicks, start=1):
-            reference.add_new_points_or_box(state, 0, obj_id, points=np.array([[col, row]], np.float32),
-                                            labels=np.array([1], np.int32))
-        return reference.propagate_in_video(state, start_frame_idx=0)
-
     model = build_model(config, image_size=size, device=device)
     model.load_state_dict(state_dict, strict=True)
+    model.fold_values(fold_values)
+    if compile_model:
+        model.use_compiled()
+    context = autocast(device, precision) if precision != "fp32" else contextlib.nullcontext()
+    rows = []
+    for n_objects in object_counts:
+        if not keep_going(config, n_objects):
+            continue
+        clicks = click_points(n_objects, size)
 
-    def our_run():
-        session = TrackingSession(model, movie, contrast_limits=(0, 255), device=device,
-                                  compile_model=compile_model)
-        for obj_id, (row, col) in enumerate(clicks, start=1):
-            session.add_points(0, obj_id, [(row, col)], [1])
-        return session.propagate(0, "forward")
+        def reference_run(clicks=clicks):
+            state = reference.init_state(video_path=str(jpeg_folder))
+            for obj_id, (row, col) in enumerate(clicks, start=1):
+                reference.add_new_points_or_box(state, 0, obj_id, points=np.array([[col, row]], np.float32),
+                                                labels=np.array([1], np.int32))
+            return reference.propagate_in_video(state, start_frame_idx=0)
 
-    results = {}
-    with torch.inference_mode(), autocast:
-        for name, run in (("ours", our_run), ("ref", reference_run)):
-            sum(1 for _ in run())  # warm-up: compilation, autotuning, caches
-            seconds, frames, peak = timed_run(device, run)
-            results[f"{name}_fps"] = frames / seconds
-            results[f"{name}_peak_mib"] = peak
-    return results
+        def our_run(clicks=clicks):
+            session = TrackingSession(model, movie, contrast_limits=(0, 255), device=device, precision=precision)
+            for obj_id, (row, col) in enumerate(clicks, start=1):
+                session.add_points(0, obj_id, [(row, col)], [1])
+            return session.propagate(0, "forward")
+
+        measured = {}
+        # Our session applies its precision itself; the reference runs under the same autocast around it.
+        for name, run, around in (("ours", our_run, contextlib.nullcontext()), ("ref", reference_run, context)):
+            with torch.inference_mode(), around:
+                sum(1 for _ in run())  # warm-up: compilation, autotuning, caches
+                before = compiled_graphs(model)
+                seconds, frames, peak = timed_run(device, run)
+                after = compiled_graphs(model)
+            measured[name] = (frames / seconds, peak, None if before is None else after - before, frames)
+        row = Row(config, n_objects, measured["ours"][3], measured["ours"][0], measured["ref"][0],
+                  measured["ours"][1], measured["ref"][1], measured["ours"][2])
+        report(row)
+        rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def print_row(row: Row) -> None:
+    print(f"{row.config} | {row.objects} | {row.ours_fps:.2f} | {row.ref_fps:.2f} | {row.speedup:.2f} | "
+          f"{row.ours_peak_mib:.0f} | {row.ref_peak_mib:.0f} | {row.recompiles}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["sam2.1_hiera_t", "sam2.1_hiera_b+"])
-    parser.add_argument("--objects", nargs="+", type=int, default=[1, 4, 16])
-    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--objects", nargs="+", type=int, default=[1, 16, 64])
+    parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--size", type=int, default=1024, help="frame size = model input size")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precision", default=None, help="fp32, bf16 or fp16 (default: the session's choice)")
     parser.add_argument("--no-compile", action="store_true", help="neither side uses torch.compile")
+    parser.add_argument("--no-fold", action="store_true", help="our memory attention projects 256-channel values")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); "
                  "for a smoke test on the CPU pass --device cpu --no-compile --size 128 --frames 4")
+    precision = resolve_precision(args.precision, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {name}, {args.frames} frames of {args.size}x{args.size}, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, compile={not args.no_compile}")
-    print("config | objects | ours fps | ref fps | ours/ref | ours peak MiB | ref peak MiB")
+    print(f"torch {torch.__version__}, {name}, {args.frames} frames of {args.size}x{args.size}, {precision}, "
+          f"compile={not args.no_compile}, fold values={not args.no_fold}")
+    print("config | objects | ours fps | ref fps | ours/ref | ours peak MiB | ref peak MiB | recompiles")
     with tempfile.TemporaryDirectory() as tmp:
         movie = write_jpeg_folder(synthetic_movie(args.frames, args.size), Path(tmp) / "jpg")
         for config in args.configs:
-            for n_objects in args.objects:
-                r = measure(config, n_objects, movie, Path(tmp) / "jpg", device, not args.no_compile)
-                print(f"{config} | {n_objects} | {r['ours_fps']:.2f} | {r['ref_fps']:.2f} | "
-                      f"{r['ours_fps'] / r['ref_fps']:.2f} | {r['ours_peak_mib']:.0f} | {r['ref_peak_mib']:.0f}",
-                      flush=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            measure_config(config, args.objects, movie, Path(tmp) / "jpg", device, not args.no_compile, precision,
+                           fold_values=not args.no_fold, report=print_row)
 
 
 if __name__ == "__main__":

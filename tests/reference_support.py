@@ -22,8 +22,8 @@ def reference_yaml(config: str) -> str:
 
 
 def build_reference(config: str, image_size: int = 1024, extra: list[str] | None = None,
-                    correct_as_cond: bool = True):
-    """The reference ``SAM2VideoPredictor`` (random weights, eval mode, CPU, fp32).
+                    correct_as_cond: bool = True, device: str = "cpu"):
+    """The reference ``SAM2VideoPredictor`` (random weights, eval mode, fp32, on ``device``).
 
     ``correct_as_cond`` turns on ``add_all_frames_to_correct_as_cond``, the semantics our session follows.
     """
@@ -32,7 +32,7 @@ def build_reference(config: str, image_size: int = 1024, extra: list[str] | None
     if correct_as_cond:
         overrides.append("++model.add_all_frames_to_correct_as_cond=true")
     overrides += extra or []
-    model = build.build_sam2_video_predictor(reference_yaml(config), None, device="cpu",
+    model = build.build_sam2_video_predictor(reference_yaml(config), None, device=device,
                                              hydra_overrides_extra=overrides)
     return model.eval()
 

@@ -65,7 +65,7 @@ def work(tmp_path_factory, tiny_checkpoint):
 def test_track_writes_the_python_api_labels_as_compressed_tiff(work):
     run, root = work["run"], work["root"]
     assert run.returncode == 0, run.stderr
-    assert "(config sam2.1_hiera_t) on cpu, float32" in run.stderr  # device and dtype are shown
+    assert "(config sam2.1_hiera_t) on cpu (fp32)" in run.stderr  # device and dtype are shown
     assert "tracked 2 object(s) over 4 frame(s)" in run.stderr
     assert "4/4" in run.stderr  # the progress bar ran to the end
     with tifffile.TiffFile(root / "labels.tif") as tif:

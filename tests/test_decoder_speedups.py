@@ -88,7 +88,7 @@ def test_blocked_pixel_order_round_trip(levels: int) -> None:
     offsets = [1, 0, 0, 1][:2 * levels]  # dy1, dx1, dy2, dx2
     row = side * i + sum(offsets[2 * k] * 2 ** (levels - 1 - k) for k in range(levels))
     col = side * j + sum(offsets[2 * k + 1] * 2 ** (levels - 1 - k) for k in range(levels))
-    assert blocks[1, i, j, *offsets, c] == x[1, c, row, col]
+    assert blocks[(1, i, j, *offsets, c)] == x[1, c, row, col]
     assert torch.equal(_from_blocks(blocks.movedim(-1, 1), levels), x)
 
 

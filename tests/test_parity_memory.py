@@ -10,6 +10,7 @@ from reference_support import max_abs_diff, reference_with_random_weights
 from napari_sam2.model import memory_attention
 from napari_sam2.model.memory_attention import MemoryAttention, RoPEAttention
 from napari_sam2.model.memory_encoder import MemoryEncoder
+from napari_sam2.model.memory_padding import MemoryCapacity, pad_memory
 from napari_sam2.model.rope import rotate_pairs
 
 CONFIG = "sam2.1_hiera_t"
@@ -214,3 +215,85 @@ def test_cpu_feed_forward_in_blocks_equals_whole(monkeypatch, tokens):
     blocked = layer.feed_forward(x)
     assert blocked.shape == whole.shape
     assert_same_computation(blocked, whole, what="feed-forward in blocks vs whole")
+
+
+def padded_inputs(memory, memory_pos, num_frames: int, n_ptr: int, capacity: MemoryCapacity | None = None,
+                  gen: torch.Generator | None = None):
+    """(memory, memory_pos, num_obj_ptr_tokens, memory_mask) laid out at the compiled model's fixed size
+    (default capacity: 7 frames, 16 pointers); with ``gen`` the padding is random instead of zeros, so only the
+    mask can keep it out."""
+    padded = pad_memory(memory, memory_pos, num_frames, n_ptr, capacity or MemoryCapacity())
+    if gen is not None:
+        pad = ~padded.mask
+        padded.memory[pad] = torch.randn(padded.memory[pad].shape, generator=gen)
+        padded.memory_pos[pad] = torch.randn(padded.memory_pos[pad].shape, generator=gen)
+    return padded.memory, padded.memory_pos, padded.num_pointer_tokens, padded.mask
+
+
+def no_cpu_kernel(*args, **kwargs):
+    raise AssertionError("the hand-written CPU kernel ran instead of the SDPA folded path")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("grid, batch, num_frames, num_pointers", ATTENTION_CASES[:4])
+@pytest.mark.parametrize("padding", [False, True], ids=["unpadded", "padded-masked"])
+@torch.no_grad()
+def test_sdpa_value_folding_parity(monkeypatch, grid, batch, num_frames, num_pointers, padding):
+    """The generic folded path (SDPA on the 64-channel values, then the value projection: what CUDA, MPS and
+    torch.compile run), forced on the CPU, against the reference on the unpadded memory; padded to the compiled
+    model's fixed capacity (random padding, masked out) too."""
+    ref, sd = reference(16 * grid)
+    model = ours(MemoryAttention, "memory_attention", sd)
+    model.value_folding = "sdpa"
+    monkeypatch.setattr(RoPEAttention, "_attend_then_project_values", no_cpu_kernel)
+    gen = torch.Generator().manual_seed(grid + 10 * num_frames)
+    curr, curr_pos, memory, memory_pos, n_ptr = memory_inputs(grid, batch, num_frames, num_pointers, gen)
+
+    expected = ref.memory_attention(curr=curr, memory=memory, curr_pos=curr_pos, memory_pos=memory_pos,
+                                    num_obj_ptr_tokens=n_ptr)
+    mask = None
+    if padding:
+        memory, memory_pos, n_ptr, mask = padded_inputs(memory, memory_pos, num_frames, n_ptr, gen=gen)
+    got = model(curr, memory, curr_pos=curr_pos, memory_pos=memory_pos, num_obj_ptr_tokens=n_ptr,
+                memory_mask=mask)
+
+    diff = max_abs_diff(got, expected)
+    print(f"SDPA-folded memory attention {grid=} {batch=} {num_frames=} {num_pointers=} {padding=}: {diff:.2e}")
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize("value_folding", ["auto", "sdpa", "off"])
+@pytest.mark.parametrize("shared_frame", [False, True], ids=["frame-per-object", "shared-frame"])
+@torch.no_grad()
+def test_padded_masked_memory_equals_the_unpadded_one(value_folding, shared_frame):
+    """Memory padded to a (grown) capacity with random padding and a key mask gives the unpadded memory's
+    output: the masked keys get exactly zero weight, spatial slots keep their RoPE positions and the pointer
+    slots stay the unrotated tail. In every value-folding mode, for one frame per object and for one frame
+    shared by the objects (on the CPU: objects one by one)."""
+    torch.manual_seed(0)
+    model = MemoryAttention().eval()
+    model.value_folding = value_folding
+    gen = torch.Generator().manual_seed(17)
+    curr, curr_pos, memory, memory_pos, n_ptr = memory_inputs(16, 2, 3, 5, gen)
+    if shared_frame:
+        curr, curr_pos = curr[:, :1], curr_pos[:, :1]
+    plain = model(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=n_ptr)
+    capacity = MemoryCapacity().fit(9, 18)
+    assert capacity == MemoryCapacity(11, 20)
+    padded_memory, padded_pos, padded_ptr, mask = padded_inputs(memory, memory_pos, 3, n_ptr, capacity, gen)
+    assert padded_memory.shape[0] == 11 * 256 + 20 * 4 and int(mask.sum()) == memory.shape[0]
+    padded = model(curr, padded_memory, curr_pos, padded_pos, num_obj_ptr_tokens=padded_ptr, memory_mask=mask)
+    assert_same_computation(padded, plain, what=f"padded vs unpadded memory, value_folding={value_folding}")
+    assert max_abs_diff(plain[:, 0], plain[:, 1]) > 1e-2  # two different objects: a real comparison
+
+
+def test_value_folding_switch():
+    """The switch sets every layer's cross-attention and refuses unknown modes."""
+    model = MemoryAttention()
+    assert model.value_folding == "auto"
+    model.value_folding = "off"
+    assert {layer.cross_attn_image.value_folding for layer in model.layers} == {"off"}
+    with pytest.raises(ValueError, match="value_folding must be one of"):
+        model.value_folding = "always"
+    with pytest.raises(ValueError, match="value_folding must be one of"):
+        RoPEAttention(value_folding="never")

@@ -173,9 +173,9 @@ def test_downloads_once_then_uses_the_cache(register, server, served, tmp_path, 
     assert (cache / info.filename).is_file() and sha256_of(cache / info.filename) == served["sha256"]
     _assert_weights_equal(model, served["state_dict"])
     assert model.source == "test_tiny" and model.config.name == "sam2.1_hiera_t" and not model.training
-    assert describe_model(model) == "test_tiny (config sam2.1_hiera_t) on cpu, float32"
-    assert "napari-sam2: test_tiny (config sam2.1_hiera_t) on cpu, float32" in capsys.readouterr().err
-    assert "test_tiny (config sam2.1_hiera_t) on cpu, float32" in caplog.text
+    assert describe_model(model) == "test_tiny (config sam2.1_hiera_t) on cpu (fp32)"
+    assert "napari-sam2: test_tiny (config sam2.1_hiera_t) on cpu (fp32)" in capsys.readouterr().err
+    assert "test_tiny (config sam2.1_hiera_t) on cpu (fp32)" in caplog.text
 
     assert fetch_checkpoint("test_tiny", cache_dir=cache, progress=False) == (cache / info.filename).resolve()
     assert server.count(SERVED_NAME) == before + 1  # cached: not downloaded again
@@ -304,7 +304,7 @@ def test_load_from_path_infers_config_and_picks_device(served, sam20_file, capsy
     _assert_weights_equal(model, served["state_dict"])
     err = capsys.readouterr().err
     assert err.startswith("napari-sam2: ") and str(served["path"].resolve()) in err
-    assert f"on {model.device}" in err and "float32" in err
+    assert f"on {model.device} (fp32)" in err
 
     model20 = load_model(str(sam20_file), device="cpu", verbose=False)
     assert model20.config.name == "sam2_hiera_t" and not hasattr(model20, "no_obj_embed_spatial")
@@ -345,5 +345,5 @@ def test_unknown_name_and_missing_file(tmp_path, register):
 
 def test_describe_model_without_source():
     model = SAM2Model(CONFIGS["sam2_hiera_t"], image_size=256)
-    assert describe_model(model) == "random weights (config sam2_hiera_t) on cpu, float32, image size 256"
+    assert describe_model(model) == "random weights (config sam2_hiera_t) on cpu (fp32), image size 256"
 

@@ -3,10 +3,14 @@
 Both see the same decoded 8-bit RGB frames: the reference reads them from a JPEG folder (its only
 input path), we get the arrays PIL decodes from those very files, with contrast limits (0, 255).
 Our calls use napari (row, col) coordinates; the reference gets (x, y).
+
+The scenarios at the end run on any device: the CPU in the test suite (tests/test_parity_video.py), CUDA in
+benchmarks/gpu_check.py. Each returns its :class:`Pair`, whose ``diffs`` hold every logit map's max |diff|.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,17 +54,18 @@ class Pair:
     """Our session and the reference predictor on the same movie, weights and prompts."""
 
     def __init__(self, config: str, image_size: int, movie: np.ndarray, tmp_path: Path, seed: int = 0,
-                 fix_bf16_bug: bool = False) -> None:
-        self.reference, state_dict = reference_with_random_weights(config, image_size=image_size, seed=seed)
+                 fix_bf16_bug: bool = False, device: str = "cpu") -> None:
+        self.reference, state_dict = reference_with_random_weights(config, image_size=image_size, seed=seed,
+                                                                   device=device)
         if fix_bf16_bug:
             fix_reference_bf16_memory_bug(self.reference)
         self.reference.fill_hole_area = 0  # the reference cannot fill holes on the CPU; nor do we here
         frames = write_jpeg_folder(movie, tmp_path / "jpg")
         with torch.no_grad():
             self.state = self.reference.init_state(video_path=str(tmp_path / "jpg"))
-        model = build_model(config, image_size=image_size, device="cpu")
+        model = build_model(config, image_size=image_size, device=device)
         model.load_state_dict(state_dict, strict=True)
-        self.ours = TrackingSession(model, frames, contrast_limits=(0, 255), fill_hole_area=0)
+        self.ours = TrackingSession(model, frames, contrast_limits=(0, 255), fill_hole_area=0, precision="fp32")
         self.diffs: list[float] = []
 
     def _compare(self, ours, theirs) -> float:
@@ -118,3 +123,78 @@ class Pair:
     @property
     def max_diff(self) -> float:
         return max(self.diffs)
+
+
+# ---------------------------------------------------------------------- scenarios
+def click_then_propagate(tmp_path: Path, device: str = "cpu") -> Pair:
+    """SAM 2.1 tiny at 1024: one click, three frames."""
+    pair = Pair("sam2.1_hiera_t", 1024, synthetic_movie(3, 1024), tmp_path, device=device)
+    pair.points(0, 1, [[360, 300]], [1])
+    assert pair.propagate() == [0, 1, 2]
+    return pair
+
+
+def box_then_propagate(tmp_path: Path, device: str = "cpu") -> Pair:
+    """SAM 2.0 tiny at 1024: one box, three frames."""
+    pair = Pair("sam2_hiera_t", 1024, synthetic_movie(3, 1024, seed=1), tmp_path, device=device)
+    pair.box(0, 1, (250, 200, 470, 420))
+    assert pair.propagate() == [0, 1, 2]
+    return pair
+
+
+def objects_clicks_corrections_and_ranges(tmp_path: Path, device: str = "cpu") -> Pair:
+    """Several objects, negative clicks added to a frame, a correction on a tracked frame followed by
+    re-propagation, backward and limited-range propagation, clearing a frame, and both directions."""
+    pair = Pair("sam2.1_hiera_t", 256, synthetic_movie(8, 256), tmp_path, fix_bf16_bug=True, device=device)
+    pair.points(0, 1, [[90, 77]], [1])
+    pair.box(2, 2, (140, 150, 200, 210))  # object 2 appears on frame 2; frames 0-1 come from its future memory
+    pair.points(0, 1, [[120, 100]], [0], clear_old_points=False)
+    assert pair.propagate() == list(range(8))
+    pair.points(5, 1, [[100, 90]], [1])  # correction on a tracked frame
+    correction_logits = pair.ours.frame_logits(5)[1][0].copy()
+    assert pair.propagate() == list(range(8))
+    # The correction is a conditioning frame now: re-propagation keeps it instead of recomputing.
+    np.testing.assert_array_equal(pair.ours.frame_logits(5)[1][0], correction_logits)
+    assert pair.propagate(start=7, direction="backward") == list(range(7, -1, -1))
+    assert pair.propagate(start=2, max_frames=3) == [2, 3, 4, 5]
+    pair.clear(5, 1)
+    assert pair.propagate(start=3, direction="both") == [3, 4, 5, 6, 7, 2, 1, 0]
+    return pair
+
+
+def mask_prompts_refinement_and_removal(tmp_path: Path, device: str = "cpu") -> Pair:
+    """A mask prompt and clicks on one frame, refining the conditioning frame, removing an object."""
+    movie = synthetic_movie(6, 256, seed=2)
+    pair = Pair("sam2.1_hiera_s", 256, movie, tmp_path, fix_bf16_bug=True, device=device)
+    yy, xx = np.mgrid[:256, :256]
+    pair.mask(2, 3, (yy - 100) ** 2 + (xx - 80) ** 2 < 30**2)
+    pair.points(2, 4, [[180, 190], [200, 170]], [1, 1])
+    pair.propagate(start=2, direction="both")
+    pair.points(2, 4, [[150, 150]], [0], clear_old_points=False)  # refine the conditioning frame itself
+    pair.propagate()
+    pair.ours.remove_object(3)
+    pair.reference.remove_object(pair.state, 3)
+    assert pair.propagate(start=0) == list(range(6))
+    return pair
+
+
+def long_movie_pointer_window_and_memory_reencoding(tmp_path: Path, device: str = "cpu") -> Pair:
+    """20 frames: more than the 16 object pointers, and a backward run from the middle after a forward
+    run, which needs spatial memories our session dropped and re-encodes on demand."""
+    pair = Pair("sam2_hiera_t", 128, synthetic_movie(20, 128, seed=3), tmp_path, device=device)
+    pair.points(0, 1, [[45, 38]], [1])
+    pair.points(4, 2, [[84, 90]], [1])
+    pair.propagate(start=4)
+    for obj in pair.ours._objects.values():
+        assert sum(r.maskmem is not None for r in obj.tracked.values()) <= 12  # 6 around the start, 6 around the end
+    assert pair.propagate(start=10, direction="backward") == list(range(10, -1, -1))
+    return pair
+
+
+SCENARIOS: dict[str, Callable[[Path, str], Pair]] = {
+    "sam2.1 t @1024, click": click_then_propagate,
+    "sam2.0 t @1024, box": box_then_propagate,
+    "objects/corrections @256": objects_clicks_corrections_and_ranges,
+    "masks/refine/remove @256": mask_prompts_refinement_and_removal,
+    "sam2.0 20 frames @128": long_movie_pointer_window_and_memory_reencoding,
+}

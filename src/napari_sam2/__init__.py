@@ -8,11 +8,15 @@ Axis order and coordinates follow napari: movies are (T, Y, X[, C]); points are 
 """
 
 import os
+import sys
 from importlib import import_module
 from typing import Any
 
-# On Apple silicon, ops the MPS backend lacks run on the CPU instead of failing. torch reads this when it is
-# first imported, which in napari happens after this package is imported (we import torch lazily).
+# On Apple silicon, ops the MPS backend lacks run on the CPU instead of failing. torch reads this variable once,
+# when it is first imported: setting it here works only where torch comes after this package (the CLI, napari
+# starting the plugin first). What held is recorded for napari_sam2.device.mps_fallback_status, which warns.
+_TORCH_IMPORTED_FIRST = "torch" in sys.modules
+_MPS_FALLBACK_GIVEN = os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK")  # the user's own setting, if any
 os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 # Loaded on first use, so that napari's sample menu and `napari-sam2 --help` do not pay for importing torch.

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .device import mps_fallback_status
+from .engine.acceleration import PRECISIONS, describe_precision
 from .engine.session import DIRECTIONS, TrackingSession
 from .engine.session_file import SessionFileError, load_session, read_session_file, save_session
 from .exports import write_ctc, write_label_tiff
@@ -87,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     track.add_argument("--label-frames", type=int, nargs="+", default=None, metavar="T",
                        help="frames of a label prompt stack to use (default: every frame with labels)")
     track.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: CUDA, then MPS, then CPU)")
+    track.add_argument("--precision", choices=PRECISIONS, default=None,
+                       help="fp32 (the reference's numbers), or bf16 / fp16 autocast (faster on GPUs); default: "
+                            "bf16 on CUDA GPUs of compute capability 8.0+, fp16 on 7.x, fp32 elsewhere")
     track.add_argument("--save-session", type=Path, default=None, metavar="FILE",
                        help="also save the prompts as a session file (.json) to reopen in napari or Python")
     track.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
@@ -108,6 +113,11 @@ def _track(args: argparse.Namespace) -> int:
     movie = open_movie(args.input, axes=args.axes)
     prompts = _read_prompts(args, movie)  # every prompt checked against the movie before the (slow) model load
     session = _open_session(args, movie, prompts)
+    if not args.quiet:
+        _say(f"running on {describe_precision(session.device, session.precision)}")
+    fallback_warning = mps_fallback_status(session.device)
+    if fallback_warning:
+        _say(f"warning: {fallback_warning}")
     for click in prompts.clicks:  # added to what a saved session already holds on that frame
         session.add_points(click.frame, click.obj_id, click.points, click.labels, clear_old_points=False)
     for seed in prompts.seeds:
@@ -177,6 +187,8 @@ def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts) -> 
         options["contrast_limits"] = tuple(args.contrast)
     if args.channel is not None:
         options["channel"] = args.channel
+    if args.precision is not None:
+        options["precision"] = args.precision
     if prompts.saved is None:
         model = load_model(args.model or DEFAULT_MODEL, device=args.device, progress=not args.quiet)
         return TrackingSession(model, movie.data, **options)

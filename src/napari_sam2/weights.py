@@ -351,9 +351,14 @@ def _known_or_none(name: str | os.PathLike) -> ModelInfo | None:
 
 
 def describe_model(model: SAM2Model) -> str:
-    """One line with where the weights came from, the config, device and dtype, e.g.
-    ``sam2.1_hiera_tiny (config sam2.1_hiera_t) on cpu, float32``."""
+    """One line with where the weights came from, the config, and the device with the precision a session
+    picks there by default, e.g. ``sam2.1_hiera_tiny (config sam2.1_hiera_t) on cpu (fp32)`` or
+    ``... on cuda:0 (NVIDIA H200, bf16 autocast)``; weights not in float32 are named too."""
+    from .engine.acceleration import describe_precision, resolve_precision
+
     source = model.source or "random weights"
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    weights = "" if dtype == "float32" else f", {dtype} weights"
     size = f", image size {model.image_size}" if model.image_size != 1024 else ""
-    return f"{source} (config {model.config.name}) on {model.device}, {dtype}{size}"
+    where = describe_precision(model.device, resolve_precision(None, model.device))
+    return f"{source} (config {model.config.name}) on {where}{weights}{size}"

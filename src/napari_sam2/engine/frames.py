@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ..model.resize import resize_bilinear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -128,8 +129,7 @@ class FrameSource:
             image = image.to(device)
         image = image.permute(2, 0, 1)[None]
         if image.shape[-2:] != (image_size, image_size):
-            image = F.interpolate(image, size=(image_size, image_size), mode="bilinear",
-                                  align_corners=False, antialias=True)
+            image = resize_bilinear(image, (image_size, image_size), antialias=True)
         mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=image.device)[:, None, None]
         std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=image.device)[:, None, None]
         return (image - mean) / std

@@ -30,7 +30,7 @@ def memory_layout(runtime: ModelRuntime, obj: TrackedObject, frame: int, reverse
             return kept_memory(runtime, obj, t, is_cond)
     memories = [MemoryItem(memory_of(obj, t, t_pos == 0), t_pos)
                 for t_pos, t in memory_frames(frame, obj.cond, obj.tracked, reverse)]
-    pointers = [(distance, obj.remembered(t, is_cond).obj_ptr.to(runtime.device))
+    pointers = [(distance, obj.remembered(t, is_cond).obj_ptr.to(runtime.device, non_blocking=True))
                 for distance, t, is_cond in pointer_frames(frame, obj.cond, obj.tracked, reverse,
                                                            runtime.num_frames)]
     return memories, pointers
@@ -78,6 +78,7 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
     without = [o.obj_id for o in objects if not o.cond and not o.pending]
     if without:
         raise ValueError(f"object(s) {without} have no prompts left; add a prompt or remove_object() them")
+    runtime.plan_storage(objects)
     for obj in objects:
         for frame, result in obj.pending.items():
             if result.maskmem is None:

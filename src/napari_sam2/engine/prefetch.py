@@ -40,7 +40,13 @@ class FramePrefetcher:
             if frame not in self._pending:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam2-prefetch")
-                self._pending[frame] = self._executor.submit(self._load, frame)
+                self._pending[frame] = self._executor.submit(self._load_inference, frame)
+
+    def _load_inference(self, frame: int) -> torch.Tensor:
+        # Inference mode is per thread: without it here, prefetched frames would be normal tensors and the
+        # caller's inference tensors, and a compiled image encoder would keep one graph for each kind.
+        with torch.inference_mode():
+            return self._load(frame)
 
     def take(self, frame: int) -> torch.Tensor | None:
         """The prepared input of ``frame`` (waiting for it if needed), or None if it was not scheduled."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..model.resize import resize_bilinear
 from ..model.sam2 import HeadOutput
 from .memory_bank import condition
 from .object_state import FramePrompt, TrackedObject
@@ -73,7 +73,7 @@ def apply_mask_prompt(runtime: ModelRuntime, objects: Objects, frame: int, obj_i
     model_mask = torch.from_numpy(mask)[None, None].float().to(runtime.device)
     size = (runtime.image_size, runtime.image_size)
     if model_mask.shape[-2:] != size:
-        model_mask = F.interpolate(model_mask, size=size, mode="bilinear", align_corners=False, antialias=True)
+        model_mask = resize_bilinear(model_mask, size, antialias=True)
         model_mask = (model_mask >= 0.5).float()
     features = runtime.features.get(frame)
     with runtime.autocast():

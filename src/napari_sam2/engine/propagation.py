@@ -90,9 +90,15 @@ def _track_objects(runtime: ModelRuntime, objects: list[TrackedObject], frame: i
 def _track_batch(runtime: ModelRuntime, batch: list[_Member], features: ImageFeatures) -> list[FrameResult]:
     """One batched pass for objects with the same memory layout (members of :func:`_track_objects`)."""
     _, first_memories, first_pointers = batch[0]
-    memories = [MemoryItem(torch.cat([entry[1][i].features for entry in batch]), item.t_pos)
+    device = runtime.device
+
+    def on_device(tensors: list[torch.Tensor]) -> torch.Tensor:
+        # Each to the device first (asynchronously where it is pinned host memory), then joined there.
+        return torch.cat([t.to(device, non_blocking=True) for t in tensors])
+
+    memories = [MemoryItem(on_device([entry[1][i].features for entry in batch]), item.t_pos)
                 for i, item in enumerate(first_memories)]
-    pointers = [(distance, torch.cat([entry[2][i][1] for entry in batch]))
+    pointers = [(distance, on_device([entry[2][i][1] for entry in batch]))
                 for i, (distance, _) in enumerate(first_pointers)]
     model = runtime.model
     with runtime.autocast():

@@ -15,29 +15,31 @@ import torch
 import torch.nn.functional as F
 
 from ..model.sam2 import NO_OBJECT_SCORE, ImageFeatures, SAM2Model
-from .acceleration import autocast
+from .acceleration import autocast, check_finite
 from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .object_state import FrameResult
 from .postprocess import fill_holes
 from .prefetch import FramePrefetcher
+from .storage import Storage
 
 
 class ModelRuntime:
     """A model on a device with a session's settings, its frames and their cached image features.
 
-    ``precision`` is "fp32" or "bf16" (autocast, see :mod:`~napari_sam2.engine.acceleration`); results and
-    memories are kept on ``storage_device``; ``fill_hole_area`` is the largest background hole (in S/4 mask
-    pixels) filled whenever logits are read. ``features`` is the LRU feature cache, ``prefetcher`` reads
-    the next frames of a propagation in the background.
+    ``precision`` is "fp32", "bf16" or "fp16" (autocast, see :mod:`~napari_sam2.engine.acceleration`);
+    ``storage`` places results, memories and pointers (:mod:`~napari_sam2.engine.storage`);
+    ``fill_hole_area`` is the largest background hole (in S/4 mask pixels) filled whenever logits are read.
+    ``features`` is the LRU feature cache, ``prefetcher`` reads the next frames of a propagation in the
+    background.
     """
 
-    def __init__(self, model: SAM2Model, source: FrameSource, device: torch.device, storage_device: torch.device,
+    def __init__(self, model: SAM2Model, source: FrameSource, device: torch.device, storage: Storage,
                  precision: str, fill_hole_area: int, feature_cache_size: int, prefetch_frames: int) -> None:
         self.model = model
         self.source = source
         self.device = device
-        self.storage_device = storage_device
+        self.storage = storage
         self.precision = precision
         self.fill_hole_area = fill_hole_area
         self.image_size = model.image_size
@@ -67,18 +69,26 @@ class ModelRuntime:
     # ------------------------------------------------------------------ results and memories
     def stored_result(self, low_res: torch.Tensor, obj_ptr: torch.Tensor, object_score: torch.Tensor,
                       from_prompt: bool) -> FrameResult:
-        """A decoder output as it is kept: float32 on the storage device."""
-        store = self.storage_device
-        return FrameResult(low_res.float().to(store), obj_ptr.float().to(store), object_score.float().to(store),
-                           from_prompt)
+        """A decoder output as it is kept: float32, placed by :attr:`storage`."""
+        # Under fp16 an activation can overflow; one check (one device sync) for the three outputs: a sum is
+        # inf or NaN exactly when a term is (the fp32 sums of finite logits cannot overflow).
+        sums = torch.stack([low_res.float().sum(), obj_ptr.float().sum(), object_score.float().sum()])
+        check_finite(sums, self.precision, "the model's outputs")
+        store = self.storage
+        return FrameResult(store.result(low_res), store.pointer(obj_ptr), store.result(object_score), from_prompt)
 
     def encode_memory(self, features: ImageFeatures, high_res_masks: torch.Tensor, object_score: torch.Tensor,
                       binarize: bool) -> torch.Tensor:
         """Spatial memory (B, 64, h, w) of masks (B, 1, S, S) on a frame, stored as bfloat16 as the reference
-        does (this rounding is part of SAM 2's numerics)."""
+        does (this rounding is part of SAM 2's numerics), where :attr:`storage` puts memories."""
         with self.autocast():
             memory = self.model.encode_memory(features.feat, high_res_masks, object_score, binarize=binarize)
-        return memory.to(torch.bfloat16).to(self.storage_device)
+        return self.storage.memory(memory)
+
+    def plan_storage(self, objects: list) -> None:
+        """Decide where the memories and pointers of ``objects`` go from now on (see :class:`Storage`)."""
+        side = self.image_size // 16
+        self.storage.plan(objects, self.num_frames, memory_bytes=64 * side * side * 2, pointer_bytes=256 * 4)
 
     def result_memory(self, result: FrameResult, features: ImageFeatures) -> torch.Tensor:
         """The spatial memory of a stored result on the frame of ``features``, encoded the way the reference

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..model.sam2 import SAM2Model
-from .acceleration import resolve_precision
+from .acceleration import device_capabilities, resolve_precision
 from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .label_stack import SessionLabels
@@ -41,12 +41,13 @@ from .memory_bank import commit_pending_prompts
 from .object_state import FramePrompt, TrackedObject
 from .outputs import FrameOutput
 from .postprocess import labels_from_logits
-from .prefetch import FramePrefetcher
 from .precompute import ConditionedCache, precompute
+from .prefetch import FramePrefetcher
 from .prompt_checks import check_box, check_mask, check_obj_id, check_points, check_saved_prompt, label_masks
 from .prompting import apply_click_prompt, apply_mask_prompt, clear_frame_prompts, click_prompt
 from .propagation import DIRECTIONS, check_run, track_frame, visit_plan
 from .runtime import ModelRuntime
+from .storage import Storage
 
 __all__ = ["DIRECTIONS", "FrameOutput", "TrackingSession", "UnknownObjectError"]
 
@@ -71,8 +72,10 @@ class TrackingSession:
         it off (the reference's behaviour on CPU and MPS).
     device : torch device, optional
         Where the model runs (default: the model's device).
-    storage_device : torch device
-        Where per-object results and memories are kept between frames (default CPU).
+    storage_device : torch device, optional
+        Where per-object results, memories and pointers are kept between frames. Default: results on the
+        host; memories and pointers on the GPU while their bound fits a quarter of its memory, otherwise in
+        pinned host memory (see :mod:`napari_sam2.engine.storage`); everything on the host on the CPU.
     feature_cache_size : int
         Number of frames whose image features are kept.
     object_batch_size : int
@@ -82,19 +85,23 @@ class TrackingSession:
     prefetch_frames : int
         While propagating, how many of the next frames a background thread reads and preprocesses ahead
         (0: none).
-    precision : {"fp32", "bf16"}, optional
-        "fp32" reproduces the reference's numbers; "bf16" runs under bf16 autocast (faster on GPUs).
-        Default: bf16 on CUDA, fp32 elsewhere (see :mod:`napari_sam2.engine.acceleration`).
+    precision : {"fp32", "bf16", "fp16"}, optional
+        "fp32" reproduces the reference's numbers; "bf16" / "fp16" run the model under autocast (faster on
+        GPUs with tensor cores). Default: chosen from the hardware, bf16 on CUDA GPUs of compute capability
+        8.0 and newer, fp16 on 7.x, fp32 elsewhere (see :mod:`napari_sam2.engine.acceleration`); a choice
+        the device cannot run raises ValueError.
     compile_model : bool
-        Run the image encoder and memory attention through ``torch.compile`` (changes the model passed
-        in; falls back to eager execution with a warning if compiling fails).
+        Run the image encoder and memory attention through ``torch.compile``, once per model (memory padded
+        to a fixed size, see :mod:`napari_sam2.model.memory_padding`; later sessions of the same model reuse
+        the graphs). Changes the model passed in; a compile failure falls back to eager execution with one
+        log line.
 
     A session is not thread-safe: one call at a time (the plugin runs one worker per session).
     """
 
     def __init__(self, model: SAM2Model, frames: Any, *, contrast_limits: tuple[float, float] | None = None,
                  rgb: bool | None = None, channel: int | None = None, fill_hole_area: int = 8,
-                 device: torch.device | str | None = None, storage_device: torch.device | str = "cpu",
+                 device: torch.device | str | None = None, storage_device: torch.device | str | None = None,
                  feature_cache_size: int = 4, object_batch_size: int = 16, prefetch_frames: int = 2,
                  precision: str | None = None, compile_model: bool = False) -> None:
         if not isinstance(model, SAM2Model):
@@ -106,15 +113,18 @@ class TrackingSession:
             raise ValueError(f"fill_hole_area must be >= 0, got {fill_hole_area}")
         self.source = FrameSource(frames, contrast_limits=contrast_limits, rgb=rgb, channel=channel)
         self.device = torch.device(device) if device is not None else model.device
+        # Checked before the model moves: a device that is not there, or a precision it cannot run, is one line.
+        capabilities = device_capabilities(self.device)
+        self.precision = resolve_precision(precision, self.device, capabilities)
+        self.storage = Storage(self.device, None if storage_device is None else torch.device(storage_device),
+                               bf16_on_device=capabilities.bf16_tensors)
         self.model = model.eval().to(self.device)
-        self.storage_device = torch.device(storage_device)
         self.fill_hole_area = int(fill_hole_area)
         self.object_batch_size = int(object_batch_size)
         self.image_size = model.image_size
-        self.precision = resolve_precision(precision, self.device)
         if compile_model:
             self.model.use_compiled()
-        self._runtime = ModelRuntime(self.model, self.source, self.device, self.storage_device, self.precision,
+        self._runtime = ModelRuntime(self.model, self.source, self.device, self.storage, self.precision,
                                      self.fill_hole_area, feature_cache_size, prefetch_frames)
         self._objects: dict[int, TrackedObject] = {}
         self._precomputed = ConditionedCache()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .interrupt import checkpoint
+from .torch_compat import is_compiling
 
 
 class LayerNorm2d(nn.Module):
@@ -92,9 +93,11 @@ class PositionEmbeddingSine(nn.Module):
 
     @torch.no_grad()
     def encode(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        """Return the (1, 2*num_pos_feats, height, width) encoding."""
+        """Return the (1, 2*num_pos_feats, height, width) encoding (cached per size and device; computed in the
+        graph under torch.compile, where filling the cache would make dynamo guard on it and recompile)."""
         key = (height, width, str(device))
-        cached = self._cache.get(key)
+        tracing = is_compiling()
+        cached = None if tracing else self._cache.get(key)
         if cached is not None:
             return cached
         y = torch.arange(1, height + 1, dtype=torch.float32, device=device)[:, None].expand(height, width)
@@ -105,7 +108,8 @@ class PositionEmbeddingSine(nn.Module):
             x = x / (width + eps) * self.scale
         pos = torch.cat((self._axis_encoding(y), self._axis_encoding(x)), dim=-1)
         pos = pos.permute(2, 0, 1)[None].contiguous()
-        self._cache[key] = pos
+        if not tracing:
+            self._cache[key] = pos
         return pos
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

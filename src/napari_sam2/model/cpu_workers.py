@@ -28,6 +28,7 @@ from typing import TypeVar
 import torch
 
 from .interrupt import current_stop_check, stop_when
+from .torch_compat import cpu_autocast_state
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
@@ -49,7 +50,7 @@ def map_blocks(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> list
         return [work(item) for item in items]
 
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    autocast, autocast_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    autocast, autocast_dtype = cpu_autocast_state()
     should_stop = current_stop_check()
 
     def in_callers_mode(item: _Item) -> _Result:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import torch
+from .torch_compat import is_compiling
 
 StopCheck = Callable[[], bool]
 
@@ -48,7 +48,7 @@ def current_stop_check() -> StopCheck | None:
 
 def checkpoint() -> None:
     """Raise :class:`Interrupted` if the calling thread's stop check says stop; a no-op without one."""
-    if torch.compiler.is_compiling():
+    if is_compiling():
         return
     check = getattr(_state, "check", None)
     if check is not None and check():

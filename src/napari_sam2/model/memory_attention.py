@@ -4,6 +4,18 @@ Four pre-norm transformer layers. Each does self-attention over the current fram
 cross-attention from those tokens to the memory (spatial memories of earlier frames, 64 channels each,
 followed by object-pointer tokens), and a ReLU feed-forward network. Positions enter through 2-D RoPE on
 queries and keys; the memory keys additionally get their sine + temporal position encoding added.
+
+Value folding: the cross-attention weights the 64-channel memory values before projecting them to 256
+channels (exact, see :meth:`RoPEAttention._attend_folded`). ``value_folding`` chooses how: "auto" (the
+default) uses a hand-written blocked kernel on worker threads for eager CPU runs and torch's
+``scaled_dot_product_attention`` on the narrow values elsewhere (CUDA, MPS, and inside ``torch.compile``,
+which must not trace the threaded kernel); "sdpa" uses the latter everywhere; "off" projects the values
+first, as the reference does.
+
+Under ``torch.compile`` the memory may come padded to a fixed size with a key mask (see
+:mod:`napari_sam2.model.memory_padding`); the CPU-only loops (objects one by one, feed-forward in blocks,
+complex RoPE tables) are then replaced by their plain batched forms, which trace into one graph whatever
+the number of objects.
 """
 
 from __future__ import annotations
@@ -25,6 +37,17 @@ from .two_way_transformer import Attention
 _QUERY_CHUNK = 256
 _KEY_CHUNK = 1024
 _FFN_CHUNK = 512  # tokens per block of the CPU feed-forward network
+VALUE_FOLDING_MODES = ("auto", "sdpa", "off")
+
+
+def _eager_cpu(x: Tensor) -> bool:
+    """Whether ``x`` is on the CPU outside ``torch.compile``: where the hand-tuned CPU loops run."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _attention_mask(key_mask: Tensor | None) -> Tensor | None:
+    """A (Nk,) bool key mask (True: attend) as an SDPA mask broadcast to (B, heads, Nq, Nk)."""
+    return None if key_mask is None else key_mask.view(1, 1, 1, -1)
 
 
 class RoPEAttention(Attention):
@@ -34,12 +57,19 @@ class RoPEAttention(Attention):
     when their count matches it. With ``rope_k_repeat`` the keys may be several such grids one after the
     other (several memory frames); each repeats the query positions. The last ``num_k_exclude_rope`` keys
     (object pointers, which have no spatial position) are left unrotated.
+
+    ``value_folding`` ("auto", "sdpa" or "off", see the module docstring) says how values narrower than a
+    head are weighted; changing it on a compiled model costs one recompile.
     """
 
     def __init__(self, embedding_dim: int = 256, num_heads: int = 1, downsample_rate: int = 1,
                  rope_theta: float = 10000.0, rope_k_repeat: bool = False,
-                 feat_sizes: tuple[int, int] = (64, 64), kv_in_dim: int | None = None) -> None:
+                 feat_sizes: tuple[int, int] = (64, 64), kv_in_dim: int | None = None,
+                 value_folding: str = "auto") -> None:
         super().__init__(embedding_dim, num_heads, downsample_rate, kv_in_dim)
+        if value_folding not in VALUE_FOLDING_MODES:
+            raise ValueError(f"value_folding must be one of {VALUE_FOLDING_MODES}, got {value_folding!r}")
+        self.value_folding = value_folding
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.feat_sizes = (int(feat_sizes[0]), int(feat_sizes[1]))
@@ -58,8 +88,13 @@ class RoPEAttention(Attention):
     def rope_table(self, num_tokens: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
         """Cached (cos, sin, cis) tables, (num_tokens, head_dim // 2), for the query grid (keys that are
         several such grids, memory frames, share them; see rotate_pairs): float32 cos and sin, and on the
-        CPU their complex64 form cos + i sin (None elsewhere)."""
+        CPU their complex64 form cos + i sin (None elsewhere).
+
+        Inside ``torch.compile`` the real tables are computed in the graph instead (a cache filled during
+        tracing would change the guarded module state and cost a recompile; complex ops do not compile)."""
         width, height = self._grid_size(num_tokens)
+        if torch.compiler.is_compiling():
+            return *axial_rope_table(self.head_dim, width, height, self.rope_theta, device), None
         key = (width, height, str(device))
         table = self._rope_cache.get(key)
         if table is None:
@@ -85,27 +120,48 @@ class RoPEAttention(Attention):
             k_rope = torch.cat([k_rope, k[..., num_k_rope:, :]], dim=-2)
         return q, k_rope
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0,
+                key_mask: Tensor | None = None) -> Tensor:
         """Attend batch-first queries (B, Nq, C) to keys/values (B, Nk, kv_in_dim); returns (B, Nq, C).
 
         Queries with batch 1 are shared by every batch entry of the keys (one frame, several objects).
+        ``key_mask`` (Nk,) bool, shared by the batch, leaves out the keys where it is False (padding).
         """
         q, k = self._apply_rope(self._split(self.q_proj(q)), self._split(self.k_proj(k)), num_k_exclude_rope)
         if self._folds_values(q, v):
-            return self._merge(self._attend_then_project_values(q, k, v))
+            if self.value_folding == "auto" and key_mask is None and _eager_cpu(q):
+                return self._merge(self._attend_then_project_values(q, k, v))
+            return self._merge(self._attend_folded(q, k, v, key_mask))
         values = self._split(self.v_proj(v))
         if q.shape[0] != values.shape[0]:
             q = q.expand(values.shape[0], -1, -1, -1)
-        return self._merge(F.scaled_dot_product_attention(q, k, values))
+        return self._merge(F.scaled_dot_product_attention(q, k, values, attn_mask=_attention_mask(key_mask)))
 
     def _folds_values(self, q: Tensor, v: Tensor) -> bool:
-        """Whether to weight the narrow value inputs before projecting them (see
-        :meth:`_attend_then_project_values`): on the CPU, when the projection widens the values."""
-        return q.device.type == "cpu" and v.shape[-1] < self.head_dim
+        """Whether to weight the narrow value inputs before projecting them (see :meth:`_attend_folded`):
+        unless ``value_folding`` is "off", when the projection widens the values."""
+        return self.value_folding != "off" and v.shape[-1] < self.head_dim
+
+    def _project_weighted_values(self, weighted: Tensor) -> Tensor:
+        """The value projection applied after the weighting: (B, heads, Nq, c) -> (B, heads, Nq, head_dim)."""
+        weight = self.v_proj.weight.view(self.num_heads, self.head_dim, -1)
+        bias = self.v_proj.bias.view(self.num_heads, 1, self.head_dim)
+        return weighted @ weight.transpose(-1, -2) + bias
+
+    def _attend_folded(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Attention with the value projection moved behind the weighting, on any device: softmax(QK^T)
+        (V W^T + b) equals (softmax(QK^T) V) W^T + b because each row of attention weights sums to 1 (masked
+        keys have weight 0). torch's SDPA takes values narrower than the queries (its math and
+        memory-efficient kernels do; the flash kernels need equal widths), so the value half of the attention
+        reads 64 instead of 256 channels per key. Returns (B, heads, Nq, head_dim)."""
+        batch = max(q.shape[0], k.shape[0])
+        values = v.to(q.dtype).unsqueeze(1).expand(batch, self.num_heads, -1, -1)
+        weighted = F.scaled_dot_product_attention(q.expand(batch, -1, -1, -1), k, values,
+                                                  attn_mask=_attention_mask(key_mask))
+        return self._project_weighted_values(weighted)
 
     def _attend_then_project_values(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention with the value projection moved behind the weighting: softmax(QK^T) (V W^T + b)
-        equals (softmax(QK^T) V) W^T + b because each row of attention weights sums to 1.
+        """:meth:`_attend_folded` for eager CPU runs without a key mask, by hand and on worker threads.
 
         Written by hand because it is the tracker's hot spot on the CPU, and torch's CPU flash kernel
         needs values as wide as the keys: memory values have 64 channels against 256 per head, so
@@ -129,9 +185,7 @@ class RoPEAttention(Attention):
         weighted = q.new_empty(batch, self.num_heads, num_q, v.shape[-1])
         for (b, rows), block_weighted in zip(blocks, map_blocks(weigh, blocks), strict=True):
             weighted[b, :, rows] = block_weighted
-        weight = self.v_proj.weight.view(self.num_heads, self.head_dim, -1)
-        bias = self.v_proj.bias.view(self.num_heads, 1, self.head_dim)
-        return weighted @ weight.transpose(-1, -2) + bias
+        return self._project_weighted_values(weighted)
 
 
 def softmax_weighted_sum(queries: Tensor, keys_t: Tensor, values: Tensor) -> Tensor:
@@ -182,13 +236,13 @@ class MemoryAttentionLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor | None = None,
-                num_k_exclude_rope: int = 0) -> Tensor:
+                num_k_exclude_rope: int = 0, memory_mask: Tensor | None = None) -> Tensor:
         """Update batch-first tokens ``tgt`` (B, N, d_model) from ``memory`` (B, M, kv_in_dim).
 
         ``pos`` is the memory's position encoding (B, M, kv_in_dim); the last ``num_k_exclude_rope``
-        memory tokens are object pointers and get no RoPE.
+        memory tokens are object pointers and get no RoPE. ``memory_mask`` (M,) bool: False for padding.
         """
-        return self.attend_memory(self.self_attend(tgt), memory, pos, num_k_exclude_rope)
+        return self.attend_memory(self.self_attend(tgt), memory, pos, num_k_exclude_rope, memory_mask)
 
     def self_attend(self, tgt: Tensor) -> Tensor:
         """The self-attention half-step: it sees only the current frame's tokens."""
@@ -196,12 +250,13 @@ class MemoryAttentionLayer(nn.Module):
         return tgt + self.self_attn(x, x, x)
 
     def attend_memory(self, tgt: Tensor, memory: Tensor, pos: Tensor | None = None,
-                      num_k_exclude_rope: int = 0) -> Tensor:
+                      num_k_exclude_rope: int = 0, memory_mask: Tensor | None = None) -> Tensor:
         """The rest of the layer after :meth:`self_attend`: cross-attention to the memory, feed-forward."""
         checkpoint()
         x = self.norm2(tgt)
         keys = memory if pos is None else memory + pos
-        tgt = tgt + self.cross_attn_image(x, keys, memory, num_k_exclude_rope=num_k_exclude_rope)
+        tgt = tgt + self.cross_attn_image(x, keys, memory, num_k_exclude_rope=num_k_exclude_rope,
+                                          key_mask=memory_mask)
         checkpoint()
         return tgt + self.feed_forward(self.norm3(tgt))
 
@@ -209,7 +264,7 @@ class MemoryAttentionLayer(nn.Module):
         """linear2(relu(linear1(x))). On the CPU, ``_FFN_CHUNK`` tokens at a time: hand-chunked so that the
         2048-wide hidden activations stay in cache instead of a (tokens, 2048) tensor going through memory
         (bit-identical; 54 against 68 ms per layer and object on two cores)."""
-        if x.device.type != "cpu":
+        if not _eager_cpu(x):
             return self.linear2(F.relu(self.linear1(x)))
         tokens = x.reshape(-1, x.shape[-1])
         blocks = []
@@ -228,9 +283,22 @@ class MemoryAttention(nn.Module):
         self.layers = nn.ModuleList(MemoryAttentionLayer(d_model) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
+    @property
+    def value_folding(self) -> str:
+        """How the cross-attentions weight the 64-channel memory values: "auto", "sdpa" or "off" (see the
+        module docstring); setting it sets every layer's."""
+        return self.layers[0].cross_attn_image.value_folding
+
+    @value_folding.setter
+    def value_folding(self, mode: str) -> None:
+        if mode not in VALUE_FOLDING_MODES:
+            raise ValueError(f"value_folding must be one of {VALUE_FOLDING_MODES}, got {mode!r}")
+        for layer in self.layers:
+            layer.cross_attn_image.value_folding = mode
+
     def forward(self, curr: Tensor | list[Tensor], memory: Tensor,
                 curr_pos: Tensor | list[Tensor] | None = None, memory_pos: Tensor | None = None,
-                num_obj_ptr_tokens: int = 0) -> Tensor:
+                num_obj_ptr_tokens: int = 0, memory_mask: Tensor | None = None) -> Tensor:
         """Condition the current frame on the memory.
 
         Args:
@@ -241,6 +309,8 @@ class MemoryAttention(nn.Module):
             curr_pos: (HW, B, d_model) position encoding of ``curr``; 0.1 x it is added at the input.
             memory_pos: (M, B, 64) position encoding of the memory, added to the cross-attention keys.
             num_obj_ptr_tokens: how many trailing memory tokens are object-pointer tokens (no RoPE).
+            memory_mask: (M,) bool, False for memory tokens to leave out (padding, see memory_padding.py);
+                None: attend to all.
 
         Returns:
             (HW, B, d_model) conditioned tokens, sequence-first.
@@ -258,16 +328,16 @@ class MemoryAttention(nn.Module):
         memory = memory.to(x.dtype).transpose(0, 1)
         memory_pos = None if memory_pos is None else memory_pos.to(x.dtype).transpose(0, 1)
         x = x.transpose(0, 1)
-        if x.shape[0] == 1 and memory.shape[0] > 1 and x.device.type == "cpu":
-            x = self._objects_one_by_one(x, memory, memory_pos, num_obj_ptr_tokens)
+        if _eager_cpu(x) and x.shape[0] == 1 and memory.shape[0] > 1:
+            x = self._objects_one_by_one(x, memory, memory_pos, num_obj_ptr_tokens, memory_mask)
         else:
             for layer in self.layers:
                 checkpoint()
-                x = layer(x, memory, memory_pos, num_k_exclude_rope=num_obj_ptr_tokens)
+                x = layer(x, memory, memory_pos, num_k_exclude_rope=num_obj_ptr_tokens, memory_mask=memory_mask)
         return self.norm(x).transpose(0, 1)
 
     def _objects_one_by_one(self, frame: Tensor, memory: Tensor, memory_pos: Tensor | None,
-                            num_obj_ptr_tokens: int) -> Tensor:
+                            num_obj_ptr_tokens: int, memory_mask: Tensor | None = None) -> Tensor:
         """One frame (batch 1) against the memories of B objects, on the CPU: the first self-attention once,
         then each object through the rest alone. On two CPU cores, batched (B, tokens, 256) activations cost
         more in memory traffic than batching saves (a 16-object frame was ~10 % slower), while the
@@ -278,9 +348,9 @@ class MemoryAttention(nn.Module):
         for b in range(memory.shape[0]):
             obj_memory = memory[b:b + 1]
             obj_pos = None if memory_pos is None else memory_pos[b:b + 1]
-            x = first.attend_memory(shared, obj_memory, obj_pos, num_k_exclude_rope=num_obj_ptr_tokens)
+            x = first.attend_memory(shared, obj_memory, obj_pos, num_obj_ptr_tokens, memory_mask)
             for layer in rest:
                 checkpoint()
-                x = layer(x, obj_memory, obj_pos, num_k_exclude_rope=num_obj_ptr_tokens)
+                x = layer(x, obj_memory, obj_pos, num_k_exclude_rope=num_obj_ptr_tokens, memory_mask=memory_mask)
             outputs.append(x)
         return torch.cat(outputs)

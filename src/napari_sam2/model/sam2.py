@@ -28,8 +28,10 @@ from .interrupt import checkpoint
 from .mask_decoder import MaskDecoder
 from .memory_attention import MemoryAttention
 from .memory_encoder import MemoryEncoder
+from .memory_padding import POINTER_TOKENS, MemoryCapacity, pad_memory
 from .memory_selection import MAX_OBJECT_POINTERS, NUM_MASKMEM
 from .prompt_encoder import PromptEncoder
+from .resize import resize_bilinear
 from .two_way_transformer import TwoWayTransformer
 
 NO_OBJECT_SCORE = -1024.0  # logit written into every pixel of a mask whose object is judged absent
@@ -39,6 +41,7 @@ BACKBONE_STRIDE = 16
 MEM_ENC_SIGMOID_SCALE = 20.0
 MEM_ENC_SIGMOID_BIAS = -10.0
 MASK_INPUT_LOGIT = 10.0  # mask prompts become +-10 logits
+COMPILED_MODULES = ("image_encoder", "memory_attention")  # what use_compiled compiles
 
 
 @dataclass
@@ -134,13 +137,38 @@ class SAM2Model(nn.Module):
     def use_compiled(self, enabled: bool = True, **compile_options: Any) -> None:
         """Run the image encoder and memory attention (almost all of the time) through ``torch.compile``.
 
-        ``compile_options`` go to ``torch.compile``. Compilation happens on first use; if it fails, a
-        warning is given and the module runs uncompiled (see :class:`CompiledWithFallback`).
+        ``compile_options`` go to ``torch.compile``. Compilation happens on first use; if it fails, one
+        warning is logged and the module runs uncompiled (see :class:`CompiledWithFallback`). Calling it
+        again with the same options, or with none, keeps the compiled modules and their graphs: a new
+        session of the same model (``compile_model=True``) does not recompile.
+
+        Memory attention then gets its memory padded to a fixed capacity (see :mod:`.memory_padding`),
+        and its batch (objects) dimension marked dynamic, so that one movie costs two graphs: one for a
+        single object and one for any larger batch. More conditioning frames than the capacity holds (7
+        spatial memories, 16 pointers) grow it: the first growth costs one more graph per batch kind, later
+        ones none (the sizes have turned dynamic). Read the counts with :meth:`compile_counts`. An input
+        that is an inference tensor one time and a normal tensor another also has graphs of its own.
         """
+        current = [self._compiled.get(name) for name in COMPILED_MODULES]
+        if enabled and all(isinstance(r, CompiledWithFallback) and (not compile_options or r.options == compile_options)
+                           for r in current):
+            return
         self._compiled.clear()
+        self._memory_capacity = MemoryCapacity()
         if enabled:
-            for name in ("image_encoder", "memory_attention"):
+            for name in COMPILED_MODULES:
                 self._compiled[name] = CompiledWithFallback(getattr(self, name), **compile_options)
+
+    def compile_counts(self) -> dict[str, int]:
+        """Graphs compiled so far per compiled module ({} when not compiled): after a warm-up run, a
+        count that still grows means recompiles."""
+        return {name: r.compiles for name, r in self._compiled.items() if isinstance(r, CompiledWithFallback)}
+
+    def fold_values(self, enabled: bool = True) -> None:
+        """Let memory attention weight its 64-channel memory values before projecting them (the default), or
+        project them first as the reference does: ``memory_attention.value_folding`` "auto" or "off" (see
+        :mod:`.memory_attention`; for a compiled model the switch costs one recompile)."""
+        self.memory_attention.value_folding = "auto" if enabled else "off"
 
     def _run(self, name: str) -> Callable:
         """The submodule ``name``, compiled if :meth:`use_compiled` asked for it."""
@@ -177,8 +205,7 @@ class SAM2Model(nn.Module):
             point_coords = torch.zeros(batch, 1, 2, device=feat.device)
             point_labels = -torch.ones(batch, 1, dtype=torch.int32, device=feat.device)
         if mask_input is not None and mask_input.shape[-2:] != self.sam_prompt_encoder.mask_input_size:
-            mask_input = F.interpolate(mask_input.float(), size=self.sam_prompt_encoder.mask_input_size,
-                                       mode="bilinear", align_corners=False, antialias=True)
+            mask_input = resize_bilinear(mask_input.float(), self.sam_prompt_encoder.mask_input_size, antialias=True)
         sparse, dense = self.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None,
                                                 masks=mask_input)
         masks, ious, tokens, object_score = self.sam_mask_decoder(
@@ -208,8 +235,7 @@ class SAM2Model(nn.Module):
         """
         mask = mask.float()
         high = mask * (2 * MASK_INPUT_LOGIT) - MASK_INPUT_LOGIT
-        low = F.interpolate(high, size=(high.shape[-2] // 4, high.shape[-1] // 4), mode="bilinear",
-                            align_corners=False, antialias=True)
+        low = resize_bilinear(high, (high.shape[-2] // 4, high.shape[-1] // 4), antialias=True)
         ious = mask.new_ones(mask.shape[0], 1)
         heads = self.predict_masks(feat, high_res, mask_input=self.mask_downsample(mask))
         present = torch.any(mask.flatten(1) > 0.0, dim=1)[:, None].float()
@@ -253,7 +279,8 @@ class SAM2Model(nn.Module):
         num_pointer_tokens = 0
         if pointers:
             distances = torch.tensor([d for d, _ in pointers], device=feat.device)
-            ptrs = torch.stack([p.to(dtype) for _, p in pointers], dim=0)  # (P, B, 256)
+            # Stacked where the pointers are, then moved in one copy: (P, B, 256).
+            ptrs = torch.stack([p for _, p in pointers], dim=0).to(device=feat.device, dtype=dtype)
             ptr_pos = self._pointer_position_encoding(distances, num_frames, batch, dtype)
             split = HIDDEN_DIM // MEMORY_DIM  # each pointer becomes 4 tokens of 64 channels
             ptrs = ptrs.reshape(-1, batch, split, MEMORY_DIM).permute(0, 2, 1, 3).flatten(0, 1)
@@ -262,10 +289,34 @@ class SAM2Model(nn.Module):
             num_pointer_tokens = ptrs.shape[0]
         curr = feat.flatten(2).permute(2, 0, 1)
         curr_pos = image.pos.to(dtype).flatten(2).permute(2, 0, 1).expand(-1, feat.shape[0], -1)
-        fused = self._run("memory_attention")(curr=curr, memory=torch.cat(tokens, dim=0), curr_pos=curr_pos,
-                                              memory_pos=torch.cat(token_pos, dim=0),
-                                              num_obj_ptr_tokens=num_pointer_tokens)
+        fused = self._attend_memory(curr, curr_pos, torch.cat(tokens, dim=0), torch.cat(token_pos, dim=0),
+                                    len(memories), num_pointer_tokens)
         return fused.permute(1, 2, 0).reshape(batch, channels, height, width)
+
+    def _attend_memory(self, curr: torch.Tensor, curr_pos: torch.Tensor, memory: torch.Tensor,
+                       memory_pos: torch.Tensor, num_spatial: int, num_pointer_tokens: int) -> torch.Tensor:
+        """Memory attention on sequence-first inputs (``num_spatial`` spatial memories, then pointer tokens).
+
+        Compiled, it gets the memory padded to the model's capacity (grown if needed, see
+        :mod:`.memory_padding`) and the objects dimension marked dynamic: the graph then stays the same from
+        frame to frame and from batch to batch (beyond one object), instead of recompiling for every size.
+        Should compiling fail, the eager module runs on the unpadded memory (as it does from then on).
+        """
+        def eager() -> torch.Tensor:
+            return self.memory_attention(curr=curr, memory=memory, curr_pos=curr_pos, memory_pos=memory_pos,
+                                         num_obj_ptr_tokens=num_pointer_tokens)
+
+        runner = self._compiled.get("memory_attention")
+        if not (isinstance(runner, CompiledWithFallback) and runner.active):
+            return eager()
+        self._memory_capacity = self._memory_capacity.fit(num_spatial, num_pointer_tokens // POINTER_TOKENS)
+        padded = pad_memory(memory, memory_pos, num_spatial, num_pointer_tokens, self._memory_capacity)
+        for tensor in (curr, curr_pos, padded.memory, padded.memory_pos):
+            if tensor.shape[1] > 1:  # a batch of 1 stays specialised: its own graph
+                torch._dynamo.maybe_mark_dynamic(tensor, 1)
+        return runner.call_or(eager, curr=curr, memory=padded.memory, curr_pos=curr_pos,
+                              memory_pos=padded.memory_pos, num_obj_ptr_tokens=padded.num_pointer_tokens,
+                              memory_mask=padded.mask)
 
     def _pointer_position_encoding(self, distances: torch.Tensor, num_frames: int, batch: int,
                                    dtype: torch.dtype) -> torch.Tensor:

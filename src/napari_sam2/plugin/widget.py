@@ -18,6 +18,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QSizePolicy, QWidget
 
+from ..device import mps_fallback_status
 from ..weights import describe_model, load_model, needs_download
 from .controller import Correction, FrameWrite, TrackingController
 from .dwell import DwellPrecompute
@@ -204,6 +205,9 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         warning = ""
         if getattr(self.controller.model, "source", "") is None:
             warning = " It has RANDOM weights: its masks are meaningless shapes (load a known model for real ones)."
+        mps = mps_fallback_status(self.controller.model.device)
+        if mps:
+            warning += f" {mps}."
         self._say(f"Model ready. Click on an object in the image (SAM 2 clicks layer) to segment it.{warning}")
         if self.controller.target is None and self.image_layer is not None:
             self._retarget()  # says why the image cannot be tracked
