@@ -12,8 +12,11 @@ ones), on the same synthetic movie (the reference reads its JPEG folder, we the 
 per object on frame 0. Each model is built and compiled once per config; for each object count, each side
 first propagates once untimed (compilation, autotuning, caches), then the prompts are given again and the
 forward propagation over all frames is timed: frames per second = frames / seconds with the GPU synchronised;
-peak GPU memory is ``torch.cuda.max_memory_allocated`` during that run; recompiles are graphs our compiled
-modules compiled during the timed run (0 means the warm-up covered every shape).
+peak GPU memory is ``torch.cuda.max_memory_allocated`` during that run above what was allocated just before
+it (the run's working memory; both models' weights are resident throughout); recompiles are graphs our
+compiled modules compiled during the timed run (0 means the warm-up covered every shape). Neither side fills
+holes (the reference can only with its CUDA extension, which pip does not build), and both bring every
+object's frame-resolution logits to the host.
 
 ``--device cpu --no-compile`` runs the same code on the CPU at a small size (a smoke test of this script; the
 reference is then the plain predictor in fp32).
@@ -67,8 +70,13 @@ def synchronize(device: torch.device) -> None:
 
 
 def timed_run(device: torch.device, run: Callable[[], Iterable]) -> tuple[float, int, float]:
-    """(seconds, frames yielded, peak GPU MiB) of one propagation (loading the movie and clicking not timed)."""
+    """(seconds, frames yielded, peak GPU MiB above what was allocated before) of one propagation (loading the
+    movie and clicking not timed). Above the baseline, so that both models' weights and what an earlier run
+    left allocated count for neither side: it is the propagation's own working memory."""
+    baseline = 0
     if device.type == "cuda":
+        synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     steps = run()
     synchronize(device)
@@ -76,7 +84,7 @@ def timed_run(device: torch.device, run: Callable[[], Iterable]) -> tuple[float,
     count = sum(1 for _ in steps)
     synchronize(device)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    peak = (torch.cuda.max_memory_allocated(device) - baseline) / 2**20 if device.type == "cuda" else float("nan")
     return seconds, count, peak
 
 
@@ -101,13 +109,20 @@ def compiled_graphs(model) -> int | None:
 def measure_config(config: str, object_counts: list[int], movie: np.ndarray, jpeg_folder: Path,
                    device: torch.device, compile_model: bool, precision: str, fold_values: bool = True,
                    report: Callable[[Row], None] = print,
-                   keep_going: Callable[[str, int], bool] = lambda config, objects: True) -> list[Row]:
+                   keep_going: Callable[[str, int], bool] = lambda config, objects: True,
+                   with_reference: bool = True) -> list[Row]:
     """Rows for every object count, with each side's model built (and compiled) once; an object count for
-    which ``keep_going(config, objects)`` says False is skipped (a time budget, say)."""
+    which ``keep_going(config, objects)`` says False is skipped (a time budget, say). Without
+    ``with_reference`` only our side runs (the reference columns are NaN).
+
+    Both sides do the same work per frame: no hole filling (the reference fills holes only with its CUDA
+    extension, which a pip install does not build), and the logits of every object at frame resolution
+    brought to the host (ours yields them there; the reference's are copied)."""
     size = movie.shape[1]
-    reference, state_dict = build_reference(config, size, device, optimized=compile_model)
-    if device.type != "cuda":
-        reference.fill_hole_area = 0  # the reference fills holes with a CUDA extension only
+    if compile_model:
+        torch._dynamo.reset()  # graphs of an earlier config must not count against dynamo's recompile limit
+    reference, state_dict = build_reference(config, size, device, optimized=compile_model and with_reference)
+    reference.fill_hole_area = 0
     model = build_model(config, image_size=size, device=device)
     model.load_state_dict(state_dict, strict=True)
     model.fold_values(fold_values)
@@ -125,17 +140,23 @@ def measure_config(config: str, object_counts: list[int], movie: np.ndarray, jpe
             for obj_id, (row, col) in enumerate(clicks, start=1):
                 reference.add_new_points_or_box(state, 0, obj_id, points=np.array([[col, row]], np.float32),
                                                 labels=np.array([1], np.int32))
-            return reference.propagate_in_video(state, start_frame_idx=0)
+            return ((frame, ids, masks.cpu()) for frame, ids, masks in
+                    reference.propagate_in_video(state, start_frame_idx=0))
 
         def our_run(clicks=clicks):
-            session = TrackingSession(model, movie, contrast_limits=(0, 255), device=device, precision=precision)
+            session = TrackingSession(model, movie, contrast_limits=(0, 255), device=device, precision=precision,
+                                      fill_hole_area=0)
             for obj_id, (row, col) in enumerate(clicks, start=1):
                 session.add_points(0, obj_id, [(row, col)], [1])
             return session.propagate(0, "forward")
 
         measured = {}
         # Our session applies its precision itself; the reference runs under the same autocast around it.
-        for name, run, around in (("ours", our_run, contextlib.nullcontext()), ("ref", reference_run, context)):
+        sides = [("ours", our_run, contextlib.nullcontext())]
+        if with_reference:
+            sides.append(("ref", reference_run, context))
+        measured["ref"] = (float("nan"), float("nan"), None, 0)
+        for name, run, around in sides:
             with torch.inference_mode(), around:
                 sum(1 for _ in run())  # warm-up: compilation, autotuning, caches
                 before = compiled_graphs(model)

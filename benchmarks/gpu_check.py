@@ -16,8 +16,9 @@ package index, and its header says how to install them there):
    value folding off, to see whether folding pays on that GPU;
 3. writes all of it as one markdown file (``--out``) and prints it.
 
-Stages run in that order and each is skipped, and says so, once ``--budget-s`` seconds have passed (the
-device tool lends 15 minutes, of which this takes at most 8). On a machine without CUDA it says so, runs a
+Stages and object counts run in that order; once ``--budget-s`` seconds (default 360) have passed, the
+ones not started are skipped and say so, so that the whole run stays within about 8 minutes (the device tool
+lends 15). The file is rewritten after every line: a run stopped from outside keeps what it measured. On a machine without CUDA it says so, runs a
 smoke version on the CPU (one small parity scenario, a 128-pixel benchmark without compiling) and exits 0.
 """
 
@@ -50,14 +51,17 @@ SPEED_TARGETS = {1: 1.0, 16: 2.0, 64: 4.0}  # ours / reference frames per second
 class Report:
     """The markdown being written, plus a clock against the time budget."""
 
-    def __init__(self, budget_s: float) -> None:
+    def __init__(self, budget_s: float, out: Path) -> None:
         self.lines: list[str] = []
         self.start = time.perf_counter()
         self.budget_s = budget_s
+        self.out = out
 
     def add(self, line: str = "") -> None:
+        """Print a line and rewrite the file with it, so that a run stopped from outside keeps what it had."""
         self.lines.append(line)
         print(line, flush=True)
+        self.out.write_text("\n".join(self.lines) + "\n")
 
     @property
     def elapsed(self) -> float:
@@ -80,7 +84,16 @@ def parity(report: Report, device: str, names: list[str]) -> None:
     report.add()
     report.add("| scenario | logit maps compared | max abs diff | within 1e-3 |")
     report.add("|---|---|---|---|")
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        _parity_rows(report, device, names)
+    finally:  # the speed stage runs with torch's defaults
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    report.add()
+
+
+def _parity_rows(report: Report, device: str, names: list[str]) -> None:
     for name in names:
         if report.out_of_time(name):
             continue
@@ -91,12 +104,13 @@ def parity(report: Report, device: str, names: list[str]) -> None:
             report.add(f"| {name} | {len(pair.diffs)} | {pair.max_diff:.2e} | {ok} |")
         except Exception as error:  # noqa: BLE001 - a failed scenario is a row of the report, the rest goes on
             report.failed(name, error)
-    report.add()
 
 
 def speed(report: Report, device: torch.device, configs: list[str], objects: list[int], frames: int, size: int,
-          compile_model: bool, precision: str, fold_values: bool = True) -> None:
+          compile_model: bool, precision: str, fold_values: bool = True, with_reference: bool = True) -> None:
     reference = "the reference's vos_optimized predictor" if compile_model else "the plain reference predictor"
+    if not with_reference:
+        reference = "nothing (ours only: compare with the folded row above)"
     folding = "" if fold_values else ", our value folding off (256-channel values, as the reference)"
     report.add(f"## Speed: {frames} frames of {size} x {size}, {precision}, compile={compile_model}{folding}, "
                f"against {reference}")
@@ -122,7 +136,8 @@ def speed(report: Report, device: torch.device, configs: list[str], objects: lis
                 continue
             try:
                 measure_config(config, objects, movie, Path(tmp) / "jpg", device, compile_model, precision,
-                               fold_values=fold_values, report=add_row, keep_going=keep_going)
+                               fold_values=fold_values, report=add_row, keep_going=keep_going,
+                               with_reference=with_reference)
             except Exception as error:  # noqa: BLE001 - a failed config is a row of the report, the rest goes on
                 report.failed(config, error)
             if device.type == "cuda":
@@ -133,10 +148,12 @@ def speed(report: Report, device: torch.device, configs: list[str], objects: lis
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.md"))
-    parser.add_argument("--budget-s", type=float, default=480.0, help="stop starting new stages after this")
+    parser.add_argument("--budget-s", type=float, default=360.0,
+                        help="start no new stage or object count after this many seconds (one already running "
+                             "ends: allow about 2 minutes more, e.g. the device tool's timeout_s=600)")
     parser.add_argument("--frames", type=int, default=24)
     args = parser.parse_args()
-    report = Report(args.budget_s)
+    report = Report(args.budget_s, args.out)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     precision = resolve_precision(None, device)
@@ -151,7 +168,7 @@ def main() -> int:
               compile_model=True, precision=precision)
         # Whether folding the 64-channel values before their projection pays on this GPU (it does on the CPU).
         speed(report, device, ["sam2.1_hiera_t"], [16], args.frames, 1024, compile_model=True, precision=precision,
-              fold_values=False)
+              fold_values=False, with_reference=False)
     else:
         report.add("**No CUDA GPU here** (torch.cuda.is_available() is False): a smoke run on the CPU only; "
                    "no GPU figure was measured.")
@@ -159,7 +176,6 @@ def main() -> int:
         parity(report, "cpu", ["sam2.0 20 frames @128"])
         speed(report, device, ["sam2.1_hiera_t"], [1, 2], 3, 128, compile_model=False, precision=precision)
     report.add(f"Total {report.elapsed:.0f} s.")
-    args.out.write_text("\n".join(report.lines) + "\n")
     print(f"written to {args.out}")
     return 0
 

@@ -88,8 +88,8 @@ def reference_with_random_weights(config: str, image_size: int = 1024, seed: int
 
 
 def max_abs_diff(a, b) -> float:
-    a = torch.as_tensor(a, dtype=torch.float32)
-    b = torch.as_tensor(b, dtype=torch.float32)
+    a = torch.as_tensor(a).detach().to("cpu", torch.float32)  # the reference's outputs may be on a GPU
+    b = torch.as_tensor(b).detach().to("cpu", torch.float32)
     assert a.shape == b.shape, f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}"
     return (a - b).abs().max().item() if a.numel() else 0.0
 

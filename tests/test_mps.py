@@ -130,3 +130,25 @@ def test_no_antialiased_interpolate_outside_resize_py():
                     and any(k.arg == "antialias" for k in node.keywords)):
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not found, f"use napari_sam2.model.resize.resize_bilinear for antialiased resizing: {found}"
+
+
+def test_value_folding_is_left_off_where_mps_sdpa_gets_narrow_values_wrong(monkeypatch):
+    from napari_sam2.model import memory_attention
+    from napari_sam2.model.memory_attention import RoPEAttention, sdpa_takes_narrow_values
+
+    assert not sdpa_takes_narrow_values("mps", (2, 11)) and sdpa_takes_narrow_values("mps", (2, 12))
+    assert sdpa_takes_narrow_values("cuda", (2, 4)) and sdpa_takes_narrow_values("cpu", (2, 4))
+    torch.manual_seed(0)
+    attention = RoPEAttention(256, rope_k_repeat=True, feat_sizes=(4, 4), kv_in_dim=64).eval()
+    q, memory = torch.randn(1, 16, 256), torch.randn(1, 2 * 16 + 4, 64)
+    with torch.no_grad():
+        attention.value_folding = "off"
+        projected_first = attention(q, memory, memory, num_k_exclude_rope=4)
+        attention.value_folding = "auto"
+        folded = attention(q, memory, memory, num_k_exclude_rope=4)
+        # As on an MPS device of torch < 2.12: "auto" must take the reference's order, bit for bit.
+        monkeypatch.setattr(memory_attention, "sdpa_takes_narrow_values", lambda device_type: False)
+        unfolded = attention(q, memory, memory, num_k_exclude_rope=4)
+    assert torch.equal(unfolded, projected_first)
+    assert not torch.equal(folded, projected_first)  # the folded path really is another computation
+    torch.testing.assert_close(folded, projected_first, rtol=1e-4, atol=1e-5)

@@ -174,3 +174,23 @@ def test_cli_track_takes_precision_and_says_what_it_runs_with(monkeypatch, tmp_p
     with pytest.raises(SystemExit):
         cli.main([*argv[:-1], "fp8"])
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def test_an_overflow_on_a_click_leaves_the_session_as_it_was(monkeypatch):
+    from napari_sam2.engine import runtime
+
+    session = TrackingSession(small_model(), cells_movie(2), contrast_limits=(0, 4000), precision="fp16")
+    session.add_points(0, 1, [(30, 25)], [1])
+    before = [p.points.copy() for p in session._objects[1].prompt_steps[0]]
+
+    def overflowed(tensor, precision, what="the model's output"):
+        raise NonFiniteError(f"inf/NaN in {what} under {precision} autocast: use precision='fp32'")
+
+    monkeypatch.setattr(runtime, "check_finite", overflowed)
+    with pytest.raises(NonFiniteError, match="use precision='fp32'"):
+        session.add_points(0, 2, [(60, 50)], [1])
+    with pytest.raises(NonFiniteError):
+        session.add_points(0, 1, [(40, 30)], [1], clear_old_points=False)
+    assert session.obj_ids == [1]  # no half-made object
+    after = session._objects[1].prompt_steps[0]
+    assert len(after) == len(before) and all(np.array_equal(a.points, b) for a, b in zip(after, before, strict=True))

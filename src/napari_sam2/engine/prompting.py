@@ -85,9 +85,10 @@ def apply_mask_prompt(runtime: ModelRuntime, objects: Objects, frame: int, obj_i
 def _record(runtime: ModelRuntime, objects: Objects, obj: TrackedObject, frame: int, prompt: FramePrompt,
             heads: HeadOutput) -> None:
     """Keep a computed prompt and its result (pending until the next propagation); a new object joins."""
+    # Stored first: should that fail (an fp16 overflow), the object is left as it was.
+    result = runtime.stored_result(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=True)
     obj.record_prompt(frame, prompt)
-    obj.pending[frame] = runtime.stored_result(heads.low_res_masks, heads.obj_ptr, heads.object_score,
-                                               from_prompt=True)
+    obj.pending[frame] = result
     objects.setdefault(obj.obj_id, obj)
 
 

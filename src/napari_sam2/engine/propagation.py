@@ -105,13 +105,8 @@ def _track_batch(runtime: ModelRuntime, batch: list[_Member], features: ImageFea
         conditioned = model.condition_on_memory(features, memories, pointers, runtime.num_frames)
         conditioned = conditioned.expand(len(batch), -1, -1, -1)  # no memories: one no-memory frame for all
         heads = model.predict_masks(conditioned, features.high_res, multimask=True)
-    maskmem = runtime.encode_memory(features, heads.high_res_masks, heads.object_score, binarize=False)
-    results = []
-    for i in range(len(batch)):
-        # Copies, so that each object's result owns its memory (and can be dropped on its own).
-        rows = slice(i, i + 1)
-        result = runtime.stored_result(heads.low_res_masks[rows].clone(), heads.obj_ptr[rows].clone(),
-                                       heads.object_score[rows].clone(), from_prompt=False)
-        result.maskmem = maskmem[rows].clone()
-        results.append(result)
+    new_memories = runtime.encode_memories(features, heads.high_res_masks, heads.object_score, binarize=False)
+    results = runtime.stored_results(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=False)
+    for result, memory in zip(results, new_memories, strict=True):
+        result.maskmem = memory  # each object's own copy (it can be dropped on its own)
     return results

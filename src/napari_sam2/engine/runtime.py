@@ -67,23 +67,31 @@ class ModelRuntime:
             return self.model.encode_image(image)
 
     # ------------------------------------------------------------------ results and memories
+    def stored_results(self, low_res: torch.Tensor, obj_ptr: torch.Tensor, object_score: torch.Tensor,
+                       from_prompt: bool) -> list[FrameResult]:
+        """A batch of B decoder outputs as kept: one FrameResult per object, float32, placed by :attr:`storage`."""
+        if self.precision == "fp16":
+            # fp16 can overflow (bf16 has fp32's range). One check, one device sync, for the batch: a sum is
+            # inf or NaN exactly when a term is (fp32 sums of finite logits and pointers cannot overflow).
+            sums = torch.stack([low_res.float().sum(), obj_ptr.float().sum(), object_score.float().sum()])
+            check_finite(sums, self.precision, "the model's outputs")
+        store = self.storage
+        return [FrameResult(logits, pointer, score, from_prompt) for logits, pointer, score in
+                zip(store.results(low_res), store.pointers(obj_ptr), store.results(object_score), strict=True)]
+
     def stored_result(self, low_res: torch.Tensor, obj_ptr: torch.Tensor, object_score: torch.Tensor,
                       from_prompt: bool) -> FrameResult:
-        """A decoder output as it is kept: float32, placed by :attr:`storage`."""
-        # Under fp16 an activation can overflow; one check (one device sync) for the three outputs: a sum is
-        # inf or NaN exactly when a term is (the fp32 sums of finite logits cannot overflow).
-        sums = torch.stack([low_res.float().sum(), obj_ptr.float().sum(), object_score.float().sum()])
-        check_finite(sums, self.precision, "the model's outputs")
-        store = self.storage
-        return FrameResult(store.result(low_res), store.pointer(obj_ptr), store.result(object_score), from_prompt)
+        """One decoder output (batch 1) as kept (see :meth:`stored_results`)."""
+        return self.stored_results(low_res, obj_ptr, object_score, from_prompt)[0]
 
-    def encode_memory(self, features: ImageFeatures, high_res_masks: torch.Tensor, object_score: torch.Tensor,
-                      binarize: bool) -> torch.Tensor:
-        """Spatial memory (B, 64, h, w) of masks (B, 1, S, S) on a frame, stored as bfloat16 as the reference
-        does (this rounding is part of SAM 2's numerics), where :attr:`storage` puts memories."""
+    def encode_memories(self, features: ImageFeatures, high_res_masks: torch.Tensor, object_score: torch.Tensor,
+                        binarize: bool) -> list[torch.Tensor]:
+        """Spatial memories (1, 64, h, w) of B masks (B, 1, S, S) on a frame, one per object, stored as
+        bfloat16 as the reference does (this rounding is part of SAM 2's numerics), where :attr:`storage`
+        puts memories."""
         with self.autocast():
             memory = self.model.encode_memory(features.feat, high_res_masks, object_score, binarize=binarize)
-        return self.storage.memory(memory)
+        return self.storage.memories(memory)
 
     def plan_storage(self, objects: list) -> None:
         """Decide where the memories and pointers of ``objects`` go from now on (see :class:`Storage`)."""
@@ -99,8 +107,8 @@ class ModelRuntime:
             logits = self.filled(logits)
         high_res = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
                                  align_corners=False)
-        return self.encode_memory(features, high_res, result.object_score.to(self.device),
-                                  binarize=result.from_prompt)
+        return self.encode_memories(features, high_res, result.object_score.to(self.device),
+                                    binarize=result.from_prompt)[0]
 
     def filled(self, logits: torch.Tensor) -> torch.Tensor:
         return fill_holes(logits, self.fill_hole_area)

@@ -116,8 +116,8 @@ class TrackingSession:
         # Checked before the model moves: a device that is not there, or a precision it cannot run, is one line.
         capabilities = device_capabilities(self.device)
         self.precision = resolve_precision(precision, self.device, capabilities)
-        self.storage = Storage(self.device, None if storage_device is None else torch.device(storage_device),
-                               bf16_on_device=capabilities.bf16_tensors)
+        self.storage_device = None if storage_device is None else torch.device(storage_device)  # None: automatic
+        self.storage = Storage(self.device, self.storage_device, bf16_on_device=capabilities.bf16_tensors)
         self.model = model.eval().to(self.device)
         self.fill_hole_area = int(fill_hole_area)
         self.object_batch_size = int(object_batch_size)

@@ -11,8 +11,8 @@ Three kinds of tensors, with different sizes and lifetimes:
 Memory attention reads memories and pointers on every frame, so on an accelerator they stay on the device
 while their bound fits the session's device budget (by default a quarter of the GPU's memory); past it
 they go to page-locked ("pinned") host memory, from which the per-frame copy to the GPU is a fast
-asynchronous DMA instead of a staged copy from pageable memory. An explicit ``storage_device`` keeps
-everything there, as before. The decision is taken each time prompts are committed (a propagation starts),
+asynchronous DMA instead of a staged copy from pageable memory. Results go to ordinary host memory, one copy
+per batch. An explicit ``storage_device`` keeps everything there, as before. The decision is taken each time prompts are committed (a propagation starts),
 from the bound for the objects and frames then known: tensors already stored stay where they are.
 """
 
@@ -71,25 +71,31 @@ class Storage:
         return self.device.type == "cuda"
 
     # ------------------------------------------------------------------ placing tensors
-    def result(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A result tensor (logits, object score) as kept: float32 on the results device."""
-        return self._place(tensor.float(), self.results_device)
+    # Each takes a batch (B, ...) and returns B tensors of one row each, every one owning its storage, so that
+    # one object's memory can be dropped on its own.
+    def results(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Result rows (logits, object scores) as kept: float32 on the results device. One copy for the batch;
+        never pinned (results are kept for every frame and read on the host, not uploaded)."""
+        placed = batch.float().to(self.results_device)
+        return [placed[i:i + 1].clone() for i in range(placed.shape[0])]
 
-    def pointer(self, tensor: torch.Tensor) -> torch.Tensor:
-        """An object pointer as kept: float32 where memories go."""
-        return self._place(tensor.float(), self.memory_device)
+    def pointers(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Object pointer rows as kept: float32 where memories go."""
+        return self._rows(batch.float(), self.memory_device)
 
-    def memory(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A spatial memory as kept: rounded to bfloat16 (part of SAM 2's numerics), where memories go."""
-        if tensor.device.type == "cpu" or self.bf16_on_device:
-            return self._place(tensor.to(torch.bfloat16), self.memory_device)
-        return self._place(tensor.to(HOST), self.memory_device).to(torch.bfloat16)
+    def memories(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Spatial memory rows as kept: rounded to bfloat16 (part of SAM 2's numerics), where memories go."""
+        if batch.device.type == "cpu" or self.bf16_on_device:
+            return self._rows(batch.to(torch.bfloat16), self.memory_device)
+        return [row.to(torch.bfloat16) for row in self._rows(batch, HOST)]
 
-    def _place(self, tensor: torch.Tensor, where: torch.device) -> torch.Tensor:
-        if where.type == "cpu" and self.pins and tensor.device.type != "cpu":
-            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            return host.copy_(tensor)
-        return tensor.to(where)
+    def _rows(self, batch: torch.Tensor, where: torch.device) -> list[torch.Tensor]:
+        if where.type == "cpu" and self.pins and batch.device.type != "cpu":
+            # One page-locked buffer per row (a clone would not be page-locked), filled from the device.
+            return [torch.empty((1, *batch.shape[1:]), dtype=batch.dtype, pin_memory=True).copy_(batch[i:i + 1])
+                    for i in range(batch.shape[0])]
+        placed = batch.to(where)
+        return [placed[i:i + 1].clone() for i in range(placed.shape[0])]
 
     def describe(self) -> str:
         """One line for logs and benchmarks, e.g. "memories and pointers on cuda:0, results on cpu"."""

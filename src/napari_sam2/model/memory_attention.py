@@ -9,8 +9,9 @@ Value folding: the cross-attention weights the 64-channel memory values before p
 channels (exact, see :meth:`RoPEAttention._attend_folded`). ``value_folding`` chooses how: "auto" (the
 default) uses a hand-written blocked kernel on worker threads for eager CPU runs and torch's
 ``scaled_dot_product_attention`` on the narrow values elsewhere (CUDA, MPS, and inside ``torch.compile``,
-which must not trace the threaded kernel); "sdpa" uses the latter everywhere; "off" projects the values
-first, as the reference does.
+which must not trace the threaded kernel), except on MPS before torch 2.12, whose SDPA got narrower values
+wrong (there "auto" projects first); "sdpa" uses SDPA on the narrow values everywhere; "off" projects the
+values first, as the reference does.
 
 Under ``torch.compile`` the memory may come padded to a fixed size with a key mask (see
 :mod:`napari_sam2.model.memory_padding`); the CPU-only loops (objects one by one, feed-forward in blocks,
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from .cpu_workers import map_blocks
 from .interrupt import checkpoint
 from .rope import axial_rope_table, rotate_pairs
+from .torch_compat import TORCH_RELEASE
 from .two_way_transformer import Attention
 
 # Score blocks of the CPU cross-attention (softmax_weighted_sum), each block of queries on one worker
@@ -43,6 +45,15 @@ VALUE_FOLDING_MODES = ("auto", "sdpa", "off")
 def _eager_cpu(x: Tensor) -> bool:
     """Whether ``x`` is on the CPU outside ``torch.compile``: where the hand-tuned CPU loops run."""
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+MPS_NARROW_VALUES_FROM = (2, 12)  # MPS SDPA gave query-wide (wrong) outputs for narrower values before
+
+
+def sdpa_takes_narrow_values(device_type: str, release: tuple[int, int] = TORCH_RELEASE) -> bool:
+    """Whether torch's SDPA on ``device_type`` computes values narrower than the queries correctly: not MPS
+    before torch 2.12, whose kernel returned an output as wide as the queries (pytorch/pytorch#176767)."""
+    return device_type != "mps" or release >= MPS_NARROW_VALUES_FROM
 
 
 def _attention_mask(key_mask: Tensor | None) -> Tensor | None:
@@ -139,8 +150,11 @@ class RoPEAttention(Attention):
 
     def _folds_values(self, q: Tensor, v: Tensor) -> bool:
         """Whether to weight the narrow value inputs before projecting them (see :meth:`_attend_folded`):
-        unless ``value_folding`` is "off", when the projection widens the values."""
-        return self.value_folding != "off" and v.shape[-1] < self.head_dim
+        when the projection widens the values, unless ``value_folding`` is "off", or "auto" on a device whose
+        SDPA cannot take values narrower than the queries (:func:`sdpa_takes_narrow_values`)."""
+        if self.value_folding == "off" or v.shape[-1] >= self.head_dim:
+            return False
+        return self.value_folding == "sdpa" or sdpa_takes_narrow_values(q.device.type)
 
     def _project_weighted_values(self, weighted: Tensor) -> Tensor:
         """The value projection applied after the weighting: (B, heads, Nq, c) -> (B, heads, Nq, head_dim)."""

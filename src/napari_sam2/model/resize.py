@@ -9,21 +9,12 @@ variable. Everywhere else the resize runs where the tensor is.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 
+from .torch_compat import TORCH_RELEASE, torch_release  # noqa: F401 - torch_release: tests
+
 MPS_ANTIALIAS_FROM = (2, 7)  # first torch with an antialiased bilinear kernel for MPS
-
-
-def torch_release(version: str = torch.__version__) -> tuple[int, int]:
-    """(major, minor) of a torch version string such as "2.6.0+cpu" or "2.7.0.dev20250101"."""
-    found = re.match(r"(\d+)\.(\d+)", version)
-    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
-
-
-TORCH_RELEASE = torch_release()
 
 
 def antialias_runs_on(device: torch.device) -> bool:

@@ -9,6 +9,7 @@ checks that the engine's uses of newer torch names go through guards like these.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -41,3 +42,12 @@ def is_compiling_function(namespace: ModuleType | Any = torch) -> Callable[[], b
 
 cpu_autocast_state = cpu_autocast_reader()
 is_compiling = is_compiling_function()
+
+
+def torch_release(version: str = torch.__version__) -> tuple[int, int]:
+    """(major, minor) of a torch version string such as "2.6.0+cpu" or "2.7.0.dev20250101"."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+TORCH_RELEASE = torch_release()
