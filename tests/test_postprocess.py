@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from napari_sam2.engine.postprocess import HOLE_FILL_LOGIT, fill_holes, labels_from_logits
 
@@ -123,6 +124,91 @@ def test_fill_holes_batch_independent():
     assert (out[1, 0, 5:8, 5:8] == BG).all()
     assert (out[1, 0, 20:22, 20] == np.float32(0.1)).all()
     assert torch.equal(out[2], c[0])
+
+
+def _plane_by_plane(logits: torch.Tensor, max_area: int) -> torch.Tensor:
+    """The definition, one whole plane at a time: every 8-connected background component is labelled."""
+    from scipy import ndimage
+
+    planes = logits.reshape(-1, *logits.shape[-2:]).numpy()
+    out = planes.copy()
+    for plane, filled in zip(planes, out, strict=True):
+        components, _ = ndimage.label(plane <= 0, structure=np.ones((3, 3), dtype=bool))
+        small = np.bincount(components.ravel()) <= max_area
+        small[0] = False
+        filled[small[components]] = HOLE_FILL_LOGIT
+    return torch.from_numpy(out.reshape(logits.shape))
+
+
+def _many_planes(n: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """(n, 1, H, W): small objects with holes anywhere (on borders and corners too), narrow and wide ones,
+    absent objects (all -1024), all-foreground planes and smoothed noise."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    planes = np.full((n, height, width), -1024.0, dtype=np.float32)
+    for i in range(n):
+        kind = i % 5
+        if kind == 1:  # an absent object
+            continue
+        if kind == 4:  # smoothed noise around 0
+            noise = torch.from_numpy(rng.standard_normal((1, 1, height, width)).astype(np.float32))
+            planes[i] = F.avg_pool2d(noise, 3, 1, 1)[0, 0].numpy() + rng.uniform(-0.3, 0.3)
+            continue
+        if kind == 3 and i % 2:  # foreground everywhere but a few pixels
+            planes[i] = 2.0
+        for _ in range(int(rng.integers(1, 4))):
+            top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+            tall, wide = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+            planes[i, top:top + tall, left:left + wide] = rng.uniform(0.5, 3.0)
+        holes = rng.random((height, width)) < 0.05  # specks of background (holes inside the objects)
+        planes[i][holes] = -rng.uniform(0, 2)
+    return torch.from_numpy(planes)[:, None]
+
+
+@pytest.mark.parametrize("size", [(64, 64), (32, 48), (6, 40), (3, 3)])
+@pytest.mark.parametrize("max_area", [1, 8, 20])
+def test_fill_holes_of_a_stack_equals_the_definition_plane_by_plane(size, max_area):
+    """One call for a whole stack (windows around each plane's foreground) equals labelling every whole
+    plane on its own, bit for bit, also where the side is at most max_area (whole planes are labelled)."""
+    logits = _many_planes(60, size, seed=size[0] + max_area)
+    out = fill_holes(logits, max_area)
+    expected = _plane_by_plane(logits, max_area)
+    assert torch.equal(out, expected)
+    assert int((expected != logits).sum()) > 0
+    for i in range(0, 60, 7):
+        assert torch.equal(fill_holes(logits[i:i + 1], max_area), expected[i:i + 1])
+
+
+def test_fill_holes_near_a_border_with_a_narrow_object():
+    """Background on the ring of the window at the plane's border belongs to the large outside component
+    (a window one pixel from the top, three pixels wide, would hold only 3 of its pixels)."""
+    logits = torch.full((1, 1, 32, 32), -1.0)
+    logits[0, 0, 1:6, 10] = 2.0
+    logits[0, 0, 3, 11] = 2.0
+    assert torch.equal(fill_holes(logits, 8), logits)
+    logits[0, 0, 0, 10] = -1.0
+    assert torch.equal(fill_holes(logits, 8), _plane_by_plane(logits, 8))
+
+
+def test_fill_holes_on_an_accelerator_path_equals_the_numpy_path():
+    """Logits that are not CPU float32 / float64 (here float16, and ones requiring grad) go through torch."""
+    logits = _many_planes(20, (40, 40), seed=1)
+    expected = fill_holes(logits, 8)
+    assert torch.equal(fill_holes(logits.half(), 8), expected.half())
+    assert torch.equal(fill_holes(logits.clone().requires_grad_(True), 8).detach(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fill_holes_in_place_fills_the_callers_stack(dtype):
+    """in_place: a contiguous stack is filled itself (numpy and torch paths), anything else is copied."""
+    logits = _many_planes(10, (40, 40), seed=2).to(dtype)
+    expected = fill_holes(logits, 8)
+    stack = logits.clone()
+    out = fill_holes(stack, 8, in_place=True)
+    assert out.data_ptr() == stack.data_ptr() and torch.equal(stack, expected)
+    strided = logits.clone().transpose(-1, -2)  # not contiguous: left as it is
+    before = strided.clone()
+    assert torch.equal(fill_holes(strided, 8, in_place=True), fill_holes(before, 8)) and torch.equal(strided, before)
 
 
 def test_fill_holes_leading_dims():

@@ -21,6 +21,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 # Loaded on first use, so that napari's sample menu and `napari-sam2 --help` do not pay for importing torch.
 _EXPORTS = {
+    "AutomaticMaskOptions": ".engine.automatic",
     "FrameError": ".engine.frames",
     "FrameOutput": ".engine.outputs",
     "labels_from_logits": ".engine.postprocess",
@@ -59,6 +60,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "CONFIGS",
     "KNOWN_MODELS",
+    "AutomaticMaskOptions",
     "CheckpointError",
     "FrameError",
     "FrameOutput",

@@ -127,12 +127,7 @@ class FrameSource:
             image = image.pin_memory().to(device, non_blocking=True)
         else:
             image = image.to(device)
-        image = image.permute(2, 0, 1)[None]
-        if image.shape[-2:] != (image_size, image_size):
-            image = resize_bilinear(image, (image_size, image_size), antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=image.device)[:, None, None]
-        std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=image.device)[:, None, None]
-        return (image - mean) / std
+        return square_model_input(image, image_size)
 
     def _estimate_mapping(self) -> IntensityMapping:
         """Robust percentiles over a few evenly spaced frames (one mapping for all frames: no flicker)."""
@@ -174,3 +169,14 @@ def _resolve_channels(shape: tuple[int, ...], rgb: bool | None, channel: int | N
         return False, 0
     raise FrameError(f"the stack {shape} has {n_channels} channels; pass channel=<index> to choose the one to "
                      "track on (or rgb=True for colour data)")
+
+
+def square_model_input(image: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(1, 3, S, S) model input of a (Y, X, 3) float32 [0, 1] image tensor: stretched to S x S (bilinear,
+    antialiased, only when not already that size) and ImageNet-normalised, on the image's device."""
+    image = image.permute(2, 0, 1)[None]
+    if image.shape[-2:] != (image_size, image_size):
+        image = resize_bilinear(image, (image_size, image_size), antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=image.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=image.device)[:, None, None]
+    return (image - mean) / std

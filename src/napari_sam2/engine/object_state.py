@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .compact_mask import CompactMask
 
-@dataclass
+
+@dataclass(init=False, eq=False)
 class FramePrompt:
     """What the user gave for one object on one frame, in napari coordinates of the frame.
 
@@ -17,18 +19,50 @@ class FramePrompt:
     Kept as given so that sessions can be saved and re-created exactly. ``refines_result`` records that
     the object already had a result on the frame when this prompt came (SAM 2 then feeds that result
     back as a mask input, so the order of prompts matters).
+
+    A mask is stored compactly (:class:`~napari_sam2.engine.compact_mask.CompactMask`, the crop of its
+    bounding box: a cell costs its box, not a frame): ``mask`` rebuilds the full (Y, X) array on each read
+    (a new array, so changing it changes nothing here), ``compact_mask`` is what is kept. The constructor
+    and the ``mask`` setter take either form. Two prompts are equal when all their fields are.
     """
 
     points: np.ndarray
     labels: np.ndarray
-    box: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    refines_result: bool = False
+    box: np.ndarray | None
+    compact_mask: CompactMask | None
+    refines_result: bool
+
+    def __init__(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None = None,
+                 mask: np.ndarray | CompactMask | None = None, refines_result: bool = False) -> None:
+        self.points = points
+        self.labels = labels
+        self.box = box
+        self.mask = mask
+        self.refines_result = refines_result
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The bool (Y, X) mask of a mask prompt at the frame's resolution (rebuilt), else None."""
+        return None if self.compact_mask is None else self.compact_mask.full()
+
+    @mask.setter
+    def mask(self, mask: np.ndarray | CompactMask | None) -> None:
+        self.compact_mask = None if mask is None else CompactMask.of(mask)
 
     @property
     def kind(self) -> str:
         """One of "mask", "box" (possibly with clicks) or "points"."""
-        return "mask" if self.mask is not None else "box" if self.box is not None else "points"
+        return "mask" if self.compact_mask is not None else "box" if self.box is not None else "points"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FramePrompt):
+            return NotImplemented
+        return (np.array_equal(self.points, other.points) and np.array_equal(self.labels, other.labels)
+                and (self.box is None) == (other.box is None)
+                and (self.box is None or np.array_equal(self.box, other.box))
+                and self.compact_mask == other.compact_mask and self.refines_result == other.refines_result)
+
+    __hash__ = None
 
 
 @dataclass

@@ -87,27 +87,3 @@ def check_saved_prompt(prompt: FramePrompt, frame: int, obj_id: int, frame_shape
     check_points(prompt.points, prompt.labels, frame_shape, allow_empty=prompt.box is not None)
     if prompt.box is not None:
         check_points(prompt.box.reshape(2, 2), [1, 1], frame_shape, allow_empty=False)
-
-
-def label_masks(labels: Any, frames: list[int], obj_ids: Sequence[int] | None, frame_shape: FrameShape,
-                num_frames: int) -> list[tuple[int, int, np.ndarray]]:
-    """(frame, obj_id, bool (Y, X) mask) for every label on ``frames`` (checked T indices) of a (T, Y, X)
-    label stack, or of a (Y, X) label image of a single frame; only ``obj_ids`` if given. Only the given
-    frames of a stack are read."""
-    shape = tuple(getattr(labels, "shape", np.shape(labels)))
-    if len(shape) == 2 and len(frames) != 1:
-        raise ValueError(f"a (Y, X) label image belongs to one frame, but {len(frames)} frames were given")
-    if shape not in (frame_shape, (num_frames, *frame_shape)):
-        raise ValueError(f"labels must be (Y, X) = {frame_shape} or (T, Y, X) = "
-                         f"{(num_frames, *frame_shape)}, got shape {shape}")
-    wanted = None if obj_ids is None else {check_obj_id(i) for i in obj_ids}
-    masks: list[tuple[int, int, np.ndarray]] = []
-    for t in frames:
-        image = np.asarray(labels if len(shape) == 2 else labels[t])
-        if image.dtype.kind not in "iub" or (image.dtype.kind == "i" and image.min(initial=0) < 0):
-            raise ValueError(f"labels must be non-negative integers (0 = background), got dtype {image.dtype}"
-                             f"{' with negative values' if image.dtype.kind == 'i' else ''} on frame {t}")
-        for obj_id in np.unique(image):
-            if obj_id != 0 and (wanted is None or int(obj_id) in wanted):
-                masks.append((t, int(obj_id), image == obj_id))
-    return masks

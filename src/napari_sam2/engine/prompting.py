@@ -9,19 +9,23 @@ session as it was.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-from ..model.resize import resize_bilinear
 from ..model.sam2 import HeadOutput
+from .compact_mask import CompactMask
+from .mask_input import model_masks
 from .memory_bank import condition
-from .object_state import FramePrompt, TrackedObject
+from .object_state import FramePrompt, FrameResult, TrackedObject
 from .precompute import ConditionedCache
 from .runtime import ModelRuntime
 
 PREV_LOGIT_CLAMP = 32.0  # previous logits fed back as a mask prompt are clamped to +-32, as in the reference
 
 Objects = dict[int, TrackedObject]
+MaskPrompt = tuple[int, int, CompactMask]  # (frame, obj_id, bool (Y, X) mask kept compact)
 
 
 def click_prompt(objects: Objects, frame: int, obj_id: int, points: np.ndarray, labels: np.ndarray,
@@ -68,18 +72,42 @@ def apply_click_prompt(runtime: ModelRuntime, objects: Objects, precomputed: Con
     _record(runtime, objects, obj, frame, prompt, heads)
 
 
-def apply_mask_prompt(runtime: ModelRuntime, objects: Objects, frame: int, obj_id: int, mask: np.ndarray) -> None:
+def apply_mask_prompt(runtime: ModelRuntime, objects: Objects, frame: int, obj_id: int,
+                      mask: np.ndarray | CompactMask) -> None:
     """Take a bool (Y, X) mask as the object's exact shape on ``frame`` (a mask prompt)."""
-    model_mask = torch.from_numpy(mask)[None, None].float().to(runtime.device)
-    size = (runtime.image_size, runtime.image_size)
-    if model_mask.shape[-2:] != size:
-        model_mask = resize_bilinear(model_mask, size, antialias=True)
-        model_mask = (model_mask >= 0.5).float()
-    features = runtime.features.get(frame)
-    with runtime.autocast():
-        heads = runtime.model.mask_as_output(features.feat, features.high_res, model_mask)
-    prompt = FramePrompt(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), mask=mask.copy())
-    _record(runtime, objects, objects.get(obj_id) or TrackedObject(obj_id), frame, prompt, heads)
+    apply_mask_prompts(runtime, objects, [(frame, obj_id, CompactMask.of(mask))], batch_size=1)
+
+
+def apply_mask_prompts(runtime: ModelRuntime, objects: Objects, prompts: Sequence[MaskPrompt],
+                       batch_size: int) -> None:
+    """Take each (frame, obj_id, mask) as that object's exact shape on that frame, in order (as many
+    :func:`apply_mask_prompt` calls would), with ``batch_size`` masks of a frame per pass of the SAM heads.
+
+    Masks (napari (Y, X) at the frame's resolution) go to the model's S x S input through
+    :func:`~napari_sam2.engine.mask_input.model_masks`; a batch holds B of them there (B x S x S float32).
+    Every result is computed before the first object changes.
+    """
+    by_frame: dict[int, list[int]] = {}
+    for index, (frame, _, _) in enumerate(prompts):
+        by_frame.setdefault(frame, []).append(index)
+    results: list[FrameResult | None] = [None] * len(prompts)
+    for frame, indices in by_frame.items():
+        features = runtime.features.get(frame)
+        for start in range(0, len(indices), batch_size):
+            batch = indices[start:start + batch_size]
+            masks = model_masks([prompts[i][2] for i in batch], runtime.image_size, runtime.device)
+            with runtime.autocast():
+                feat = features.feat.expand(len(batch), -1, -1, -1)
+                heads = runtime.model.mask_as_output(feat, features.high_res, masks)
+            # Stored as computed: should that fail (an fp16 overflow), no object has changed yet.
+            stored = runtime.stored_results(heads.low_res_masks, heads.obj_ptr, heads.object_score, from_prompt=True)
+            for index, result in zip(batch, stored, strict=True):
+                results[index] = result
+    for (frame, obj_id, mask), result in zip(prompts, results, strict=True):
+        obj = objects.get(obj_id) or TrackedObject(obj_id)
+        obj.record_prompt(frame, FramePrompt(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), mask=mask))
+        obj.pending[frame] = result
+        objects.setdefault(obj_id, obj)
 
 
 def _record(runtime: ModelRuntime, objects: Objects, obj: TrackedObject, frame: int, prompt: FramePrompt,

@@ -18,6 +18,7 @@ from ..model.sam2 import NO_OBJECT_SCORE, ImageFeatures, SAM2Model
 from .acceleration import autocast, check_finite
 from .feature_cache import FeatureCache
 from .frames import FrameSource
+from .label_tiles import tiled_label_image
 from .object_state import FrameResult
 from .postprocess import fill_holes
 from .prefetch import FramePrefetcher
@@ -110,17 +111,51 @@ class ModelRuntime:
         return self.encode_memories(features, high_res, result.object_score.to(self.device),
                                     binarize=result.from_prompt)[0]
 
-    def filled(self, logits: torch.Tensor) -> torch.Tensor:
-        return fill_holes(logits, self.fill_hole_area)
+    def filled(self, logits: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """``logits`` (..., S/4, S/4) with holes up to :attr:`fill_hole_area` filled, each plane on its own:
+        pass a frame's objects as one stack (one call, one host round trip on an accelerator). ``in_place``
+        fills a stack the caller owns without copying it (see :func:`~.postprocess.fill_holes`)."""
+        return fill_holes(logits, self.fill_hole_area, in_place=in_place)
+
+    def _filled_low_res(self, results: list[FrameResult | None]) -> tuple[list[int], torch.Tensor | None]:
+        """The indices of the results that are there and their hole-filled logits (n, 1, S/4, S/4) on the
+        device, filled in one call where they are stored (no device round trip for host-kept results)."""
+        present = [i for i, r in enumerate(results) if r is not None]
+        if not present:
+            return present, None
+        stored = [results[i].raw_logits for i in present]
+        if all(t.device.type == "cpu" for t in stored):
+            # numpy's copy runs in this thread; torch.cat's is split across the intra-op threads, which on a
+            # busy machine wait for each other (seconds for hundreds of objects).
+            stack = torch.from_numpy(np.concatenate([t.numpy() for t in stored]))
+        else:
+            same = all(t.device == stored[0].device for t in stored)
+            stack = torch.cat(stored if same else [t.to(self.device) for t in stored], dim=0)
+        return present, self.filled(stack, in_place=True).to(self.device)  # a new stack: filled in place
 
     def frame_logits(self, results: list[FrameResult | None]) -> np.ndarray:
         """(n, Y, X) float32 logits at frame resolution (hole-filled); missing results are -1024."""
         height, width = self.source.height, self.source.width
         out = np.full((len(results), height, width), NO_OBJECT_SCORE, dtype=np.float32)
-        present = [i for i, r in enumerate(results) if r is not None]
+        present, low = self._filled_low_res(results)
         if present:
-            low = torch.cat([self.filled(results[i].raw_logits.to(self.device)) for i in present], dim=0)
             if low.shape[-2:] != (height, width):
                 low = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
             out[present] = low[:, 0].float().cpu().numpy()
         return out
+
+    @torch.inference_mode()
+    def label_image(self, results: list[FrameResult | None], obj_ids: list[int],
+                    dtype: np.dtype | type) -> np.ndarray:
+        """(Y, X) label image of ``dtype`` of one frame, row (y) by column (x): the id of the object with the
+        highest hole-filled logit above 0, 0 elsewhere (ties to the first object), as
+        ``labels_from_logits(obj_ids, self.frame_logits(results), dtype=dtype)`` up to float rounding at
+        exact ties, without the (n, Y, X) logits: resampled in tiles of rows on the device
+        (:mod:`~napari_sam2.engine.label_tiles`). ``results[i]`` is object ``obj_ids[i]``'s (or None)."""
+        if len(obj_ids) != len(results):
+            raise ValueError(f"{len(results)} results for {len(obj_ids)} object ids")
+        frame_shape = (self.source.height, self.source.width)
+        present, low = self._filled_low_res(results)
+        if not present:
+            return np.zeros(frame_shape, dtype=dtype)
+        return tiled_label_image(low[:, 0], [obj_ids[i] for i in present], frame_shape, dtype)

@@ -27,6 +27,7 @@ loading are :func:`napari_sam2.engine.session_file.save_session` / ``load_sessio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -34,19 +35,21 @@ import torch
 
 from ..model.sam2 import SAM2Model
 from .acceleration import device_capabilities, resolve_precision
+from .automatic import AutomaticMaskOptions, generate_masks
+from .compact_mask import CompactMask
 from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .label_stack import SessionLabels
 from .memory_bank import commit_pending_prompts
 from .object_state import FramePrompt, TrackedObject
 from .outputs import FrameOutput
-from .postprocess import labels_from_logits
 from .precompute import ConditionedCache, precompute
 from .prefetch import FramePrefetcher
-from .prompt_checks import check_box, check_mask, check_obj_id, check_points, check_saved_prompt, label_masks
-from .prompting import apply_click_prompt, apply_mask_prompt, clear_frame_prompts, click_prompt
+from .prompt_checks import check_box, check_mask, check_obj_id, check_points, check_saved_prompt
+from .prompting import apply_click_prompt, apply_mask_prompt, apply_mask_prompts, clear_frame_prompts, click_prompt
 from .propagation import DIRECTIONS, check_run, track_frame, visit_plan
 from .runtime import ModelRuntime
+from .seeding import label_prompts
 from .storage import Storage
 
 __all__ = ["DIRECTIONS", "FrameOutput", "TrackingSession", "UnknownObjectError"]
@@ -230,10 +233,31 @@ class TrackingSession:
         """
         frame_list = [frames] if isinstance(frames, (int, np.integer)) else list(frames)
         frame_list = [self.source.check_index(t) for t in frame_list]
-        masks = label_masks(labels, frame_list, obj_ids, self.frame_shape, self.num_frames)
-        for t, obj_id, mask in masks:
-            apply_mask_prompt(self._runtime, self._objects, t, obj_id, mask)
+        masks = label_prompts(labels, frame_list, obj_ids, self.frame_shape, self.num_frames)
+        # A frame's masks go through the SAM heads object_batch_size at a time; each is kept as its crop.
+        apply_mask_prompts(self._runtime, self._objects, masks, self.object_batch_size)
         return sorted({obj_id for _, obj_id, _ in masks})
+
+    @torch.inference_mode()
+    def segment_all(self, frame: int, options: AutomaticMaskOptions | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> list[int]:
+        """Segment everything SAM 2 finds on ``frame`` (T index) and seed each mask as a new object.
+
+        Runs the automatic mask generator (point grid, batched point prompts, predicted-IoU and stability
+        filtering, box NMS, optional crop layers; the reference's defaults, see
+        :class:`~napari_sam2.engine.automatic.AutomaticMaskOptions`) on the frame, then takes every mask, best
+        first, as a mask prompt of a new object with the next free ids (napari label values). Returns those
+        ids; objects already in the session are untouched. ``progress(done, total)`` is called after each
+        batch of point prompts. Masks are bool (Y, X) = (row, col) at the frame's resolution.
+        """
+        frame = self.source.check_index(frame)
+        runtime = self._runtime
+        masks = generate_masks(self.model, self.source.normalized(frame), options,
+                               features=runtime.features.get(frame), autocast=runtime.autocast, progress=progress)
+        first = max(self._objects, default=0) + 1
+        prompts = [(frame, first + i, CompactMask.of(mask.segmentation)) for i, mask in enumerate(masks)]
+        apply_mask_prompts(runtime, self._objects, prompts, self.object_batch_size)
+        return [obj_id for _, obj_id, _ in prompts]
 
     @torch.inference_mode()
     def restore_prompts(self, prompts: Sequence[tuple[int, int, FramePrompt]]) -> None:
@@ -247,10 +271,14 @@ class TrackingSession:
             frame, obj_id = self.source.check_index(frame), check_obj_id(obj_id)
             check_saved_prompt(prompt, frame, obj_id, self.frame_shape)
             checked.append((frame, obj_id, prompt))
-        for frame, obj_id, prompt in checked:
-            if prompt.mask is not None:
-                apply_mask_prompt(self._runtime, self._objects, frame, obj_id, prompt.mask)
-            else:
+        # Consecutive mask prompts go through the SAM heads in batches (they do not read earlier results).
+        for masks, run in groupby(checked, key=lambda record: record[2].compact_mask is not None):
+            if masks:
+                apply_mask_prompts(self._runtime, self._objects,
+                                   [(frame, obj_id, prompt.compact_mask) for frame, obj_id, prompt in run],
+                                   self.object_batch_size)
+                continue
+            for frame, obj_id, prompt in run:
                 apply_click_prompt(self._runtime, self._objects, self._precomputed, frame, obj_id,
                                    FramePrompt(prompt.points, prompt.labels, prompt.box))
 
@@ -325,9 +353,13 @@ class TrackingSession:
 
     def label_image(self, frame: int) -> np.ndarray:
         """(Y, X) label image of a frame from the current results (label = obj_id, 0 = background; where
-        objects overlap the highest logit wins). Frames without results are all 0."""
-        obj_ids, logits = self.frame_logits(frame)
-        return labels_from_logits(obj_ids, logits, dtype=self.label_dtype)
+        objects overlap the highest logit wins, ties to the earlier object). Frames without results are all 0.
+
+        Equals ``labels_from_logits(*self.frame_logits(frame), dtype=self.label_dtype)`` (up to float rounding
+        at exact ties) without the (objects, Y, X) logits: tiles of rows are resampled on the model's device."""
+        frame = self.source.check_index(frame)
+        results = [self._existing(obj_id).latest(frame) for obj_id in self.obj_ids]
+        return self._runtime.label_image(results, self.obj_ids, self.label_dtype)
 
     @property
     def label_dtype(self) -> np.dtype:

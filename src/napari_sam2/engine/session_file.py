@@ -150,8 +150,8 @@ def _frame_to_json(frame: int, steps: list[FramePrompt]) -> dict[str, Any]:
 
 def _prompt_to_json(prompt: FramePrompt) -> dict[str, Any]:
     item: dict[str, Any] = {"type": prompt.kind}
-    if prompt.mask is not None:
-        item["mask_rle"] = encode_mask_rle(prompt.mask)
+    if prompt.compact_mask is not None:
+        item["mask_rle"] = prompt.compact_mask.rle()  # encode_mask_rle(prompt.mask), without the full mask
         return item
     if prompt.box is not None:
         item["box"] = prompt.box.tolist()

@@ -227,6 +227,32 @@ class SAM2Model(nn.Module):
         obj_ptr = self._mix_no_object_pointer(self.obj_ptr_proj(token), appearing.float())
         return HeadOutput(masks, high, ious, obj_ptr, object_score)
 
+    def predict_mask_candidates(
+        self,
+        feat: torch.Tensor,
+        high_res: list[torch.Tensor],
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor | None = None,
+        multimask: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every mask the decoder proposes for B prompts on one frame, as SAM 2's image predictor returns them.
+
+        ``feat`` (1 or B, 256, h, w) and ``high_res`` as for :meth:`predict_masks` (a single frame's features
+        serve all B prompts); ``point_coords`` (B, N, 2) are (x, y) in model image space, ``point_labels`` (B, N).
+        Returns low-resolution logits (B, M, S/4, S/4), predicted IoUs (B, M) and object-score logits (B, 1),
+        M = 3 with ``multimask`` (else 1). Unlike :meth:`predict_masks` nothing is selected and the object
+        score is not applied to the masks: the reference's automatic mask generator ignores it.
+        """
+        if mask_input is not None and mask_input.shape[-2:] != self.sam_prompt_encoder.mask_input_size:
+            mask_input = resize_bilinear(mask_input.float(), self.sam_prompt_encoder.mask_input_size, antialias=True)
+        sparse, dense = self.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=mask_input)
+        masks, ious, _, object_score = self.sam_mask_decoder(
+            image_embeddings=feat, image_pe=self.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            multimask_output=multimask, repeat_image=feat.shape[0] != sparse.shape[0], high_res_features=high_res)
+        return masks, ious, object_score
+
     def mask_as_output(self, feat: torch.Tensor, high_res: list[torch.Tensor], mask: torch.Tensor) -> HeadOutput:
         """Take a binary mask prompt (B, 1, S, S) as the prediction itself (a "ground-truth" frame).
 

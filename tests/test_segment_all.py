@@ -1,0 +1,30 @@
+"""TrackingSession.segment_all: every mask the automatic generator finds becomes a new object."""
+
+from __future__ import annotations
+
+import numpy as np
+from session_support import cells_movie, small_model
+
+from napari_sam2 import AutomaticMaskOptions, TrackingSession
+from napari_sam2.engine.automatic import generate_masks
+
+OPEN = AutomaticMaskOptions(points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0,
+                            stability_score_thresh=0.0, box_nms_thresh=0.95)
+
+
+def test_segment_all_seeds_each_generated_mask_as_a_new_object_and_tracks_them():
+    model = small_model()
+    session = TrackingSession(model, cells_movie(3), contrast_limits=(0, 4000))
+    session.add_points(0, 5, [(30, 25)], [1])
+    before = session.frame_logits(0)[1][0].copy()
+    seen = []
+    ids = session.segment_all(1, OPEN, progress=lambda done, total: seen.append((done, total)))
+    expected = generate_masks(model, session.source.normalized(1), OPEN)
+    assert len(expected) > 1 and ids == list(range(6, 6 + len(expected)))  # next free ids, best mask first
+    assert seen and seen[-1][0] == seen[-1][1]
+    for obj_id, mask in zip(ids, expected, strict=True):
+        prompt = session.prompts(obj_id)[1]
+        assert prompt.kind == "mask" and np.array_equal(prompt.mask, mask.segmentation)
+    np.testing.assert_array_equal(session.frame_logits(0)[1][0], before)  # object 5 untouched
+    frames = [frame for frame, _, _ in session.propagate(0)]
+    assert frames == [0, 1, 2] and session.obj_ids == [5, *ids]
