@@ -28,3 +28,20 @@ def test_segment_all_seeds_each_generated_mask_as_a_new_object_and_tracks_them()
     np.testing.assert_array_equal(session.frame_logits(0)[1][0], before)  # object 5 untouched
     frames = [frame for frame, _, _ in session.propagate(0)]
     assert frames == [0, 1, 2] and session.obj_ids == [5, *ids]
+
+
+def test_empty_masks_do_not_become_objects(monkeypatch):
+    from napari_sam2.engine import session as session_module
+    from napari_sam2.engine.automatic import AutomaticMask
+
+    model = small_model()
+    session = TrackingSession(model, cells_movie(2), contrast_limits=(0, 4000))
+    full = np.zeros((96, 80), bool)
+    full[20:30, 10:25] = True
+    found = [AutomaticMask(segmentation=np.zeros((96, 80), bool), area=0, bbox=(0, 0, 0, 0), predicted_iou=0.9,
+                           stability_score=0.0, point=(5.0, 5.0), crop_box=(0, 0, 96, 80)),
+             AutomaticMask(segmentation=full, area=150, bbox=(20, 10, 30, 25), predicted_iou=0.8,
+                           stability_score=0.9, point=(25.0, 15.0), crop_box=(0, 0, 96, 80))]
+    monkeypatch.setattr(session_module, "generate_masks", lambda *args, **kwargs: found)
+    assert session.segment_all(0) == [1]
+    assert np.array_equal(session.prompts(1)[0].mask, full)

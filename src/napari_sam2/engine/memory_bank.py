@@ -83,8 +83,10 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
     propagation). Raises ValueError, before changing anything, when there is nothing to track.
 
     The memories of prompts on one frame are encoded ``batch_size`` objects at a time (one memory-encoder
-    pass each; default :data:`COMMIT_BATCH`, or :data:`CPU_COMMIT_BATCH` on the CPU), with the numbers of
-    encoding them one by one (:meth:`ModelRuntime.result_memory`)."""
+    pass each; default :data:`COMMIT_BATCH`, or :data:`CPU_COMMIT_BATCH` on the CPU): the same computation as
+    encoding them one by one (:meth:`ModelRuntime.result_memory`), equal up to float rounding (a GPU library
+    may pick another convolution algorithm for another batch size; on the CPU the tests find them equal
+    within one bf16 step)."""
     if batch_size is None:
         batch_size = CPU_COMMIT_BATCH if runtime.device.type == "cpu" else COMMIT_BATCH
     objects = list(objects)

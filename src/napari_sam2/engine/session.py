@@ -246,8 +246,8 @@ class TrackingSession:
         Runs the automatic mask generator (point grid, batched point prompts, predicted-IoU and stability
         filtering, box NMS, optional crop layers; the reference's defaults, see
         :class:`~napari_sam2.engine.automatic.AutomaticMaskOptions`) on the frame, then takes every mask, best
-        first, as a mask prompt of a new object with the next free ids (napari label values). Returns those
-        ids; objects already in the session are untouched. ``progress(done, total)`` is called after each
+        first, as a mask prompt of a new object with the next free ids (napari label values); empty masks are
+        left out. Returns those ids; objects already in the session are untouched. ``progress(done, total)`` is called after each
         batch of point prompts. Masks are bool (Y, X) = (row, col) at the frame's resolution.
         """
         frame = self.source.check_index(frame)
@@ -255,7 +255,8 @@ class TrackingSession:
         masks = generate_masks(self.model, self.source.normalized(frame), options,
                                features=runtime.features.get(frame), autocast=runtime.autocast, progress=progress)
         first = max(self._objects, default=0) + 1
-        prompts = [(frame, first + i, CompactMask.of(mask.segmentation)) for i, mask in enumerate(masks)]
+        found = [mask for mask in masks if mask.area > 0]  # opened thresholds can let an empty mask through
+        prompts = [(frame, first + i, CompactMask.of(mask.segmentation)) for i, mask in enumerate(found)]
         apply_mask_prompts(runtime, self._objects, prompts, self.object_batch_size)
         return [obj_id for _, obj_id, _ in prompts]
 
