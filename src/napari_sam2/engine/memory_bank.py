@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from ..model.memory_selection import NUM_MASKMEM, memory_frames, pointer_frames
 from ..model.sam2 import ImageFeatures, MemoryItem
@@ -105,7 +104,7 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
         features = runtime.features.get(frame)
         for start in range(0, len(results), batch_size):
             batch = results[start:start + batch_size]
-            for result, memory in zip(batch, _result_memories(runtime, batch, features), strict=True):
+            for result, memory in zip(batch, runtime.result_memories(batch, features), strict=True):
                 result.maskmem = memory
     for obj in objects:
         for frame, result in obj.pending.items():
@@ -116,14 +115,3 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
             obj.tracked.pop(frame, None)
             obj.resident_memories.discard(frame)
 
-
-def _result_memories(runtime: ModelRuntime, results: list[FrameResult], features: ImageFeatures) -> list[torch.Tensor]:
-    """:meth:`ModelRuntime.result_memory` of B stored results of one frame and one origin, in one pass."""
-    logits = torch.cat([result.raw_logits.to(runtime.device) for result in results])
-    from_prompt = results[0].from_prompt
-    if from_prompt:
-        logits = runtime.filled(logits)
-    high_res = F.interpolate(logits, size=(runtime.image_size, runtime.image_size), mode="bilinear",
-                             align_corners=False)
-    scores = torch.cat([result.object_score.to(runtime.device) for result in results])
-    return runtime.encode_memories(features, high_res, scores, binarize=from_prompt)

@@ -103,13 +103,19 @@ class ModelRuntime:
         """The spatial memory of a stored result on the frame of ``features``, encoded the way the reference
         does for its origin: prompted frames from the hole-filled, binarised mask; tracked frames from the
         raw logits. Exactly what was encoded when the result was new (so a dropped memory can be redone)."""
-        logits = result.raw_logits.to(self.device)
-        if result.from_prompt:
+        return self.result_memories([result], features)[0]
+
+    def result_memories(self, results: list[FrameResult], features: ImageFeatures) -> list[torch.Tensor]:
+        """:meth:`result_memory` of B stored results of one frame and one origin (all prompted or all
+        tracked), in one pass of the memory encoder."""
+        logits = torch.cat([result.raw_logits.to(self.device) for result in results])
+        from_prompt = results[0].from_prompt
+        if from_prompt:
             logits = self.filled(logits)
         high_res = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
                                  align_corners=False)
-        return self.encode_memories(features, high_res, result.object_score.to(self.device),
-                                    binarize=result.from_prompt)[0]
+        scores = torch.cat([result.object_score.to(self.device) for result in results])
+        return self.encode_memories(features, high_res, scores, binarize=from_prompt)
 
     def filled(self, logits: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """``logits`` (..., S/4, S/4) with holes up to :attr:`fill_hole_area` filled, each plane on its own:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .cpu_workers import map_blocks
 from .interrupt import checkpoint
 from .rope import axial_rope_table, rotate_pairs
-from .torch_compat import TORCH_RELEASE
+from .torch_compat import TORCH_RELEASE, is_compiling
 from .two_way_transformer import Attention
 
 # Score blocks of the CPU cross-attention (softmax_weighted_sum), each block of queries on one worker
@@ -44,7 +44,7 @@ VALUE_FOLDING_MODES = ("auto", "sdpa", "off")
 
 def _eager_cpu(x: Tensor) -> bool:
     """Whether ``x`` is on the CPU outside ``torch.compile``: where the hand-tuned CPU loops run."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    return x.device.type == "cpu" and not is_compiling()
 
 
 MPS_NARROW_VALUES_FROM = (2, 12)  # MPS SDPA gave query-wide (wrong) outputs for narrower values before
@@ -104,7 +104,7 @@ class RoPEAttention(Attention):
         Inside ``torch.compile`` the real tables are computed in the graph instead (a cache filled during
         tracing would change the guarded module state and cost a recompile; complex ops do not compile)."""
         width, height = self._grid_size(num_tokens)
-        if torch.compiler.is_compiling():
+        if is_compiling():
             return *axial_rope_table(self.head_dim, width, height, self.rope_theta, device), None
         key = (width, height, str(device))
         table = self._rope_cache.get(key)
