@@ -21,7 +21,7 @@ def session():
 
 def test_frame_output_unpacks_indexes_and_has_a_short_repr(session):
     output = session.add_points(0, 3, [(31, 26)], [1])
-    assert isinstance(output, FrameOutput) and isinstance(output, tuple) and len(output) == 3
+    assert isinstance(output, FrameOutput) and len(output) == 3
     frame, obj_ids, logits = output
     assert (frame, obj_ids) == (0, [3, 1, 2]) and logits.shape == (3, 96, 80)
     assert output[0] == output.frame == 0 and output[1] is output.obj_ids and output[2] is output.logits
@@ -50,3 +50,15 @@ def test_frame_logits_of_some_objects_are_the_rows_of_all(session):
     assert session.frame_logits(1, obj_ids=[])[1].shape == (0, 96, 80)
     with pytest.raises(UnknownObjectError, match="unknown object id 9"):
         session.frame_logits(1, obj_ids=[1, 9])
+
+
+def test_frame_output_labels_without_dense_logits_match_the_dense_rule(session):
+    from napari_sam2 import labels_from_logits
+
+    for output in session.propagate(max_frames=2):
+        assert output._logits is None  # nothing dense was built while propagating
+        labels = output.label_image()
+        assert output._logits is None and labels.dtype == np.uint16 and labels.shape == (96, 80)
+        assert output.areas([1]) == {1: int((session.frame_logits(output.frame, [1])[1][0] > 0).sum())}
+        np.testing.assert_array_equal(labels, labels_from_logits(output.obj_ids, output.logits, dtype=np.uint16))
+        assert np.array_equal(output.label_image(np.uint32), labels.astype(np.uint32))

@@ -150,6 +150,10 @@ class ModelRuntime:
             out[present] = low[:, 0].float().cpu().numpy()
         return out
 
+    def frame_results(self, results: list[FrameResult | None]) -> StoredFrame:
+        """A frame's ``results`` (one per object, None where it has none) read on demand by a FrameOutput."""
+        return StoredFrame(self, results)
+
     @torch.inference_mode()
     def label_image(self, results: list[FrameResult | None], obj_ids: list[int],
                     dtype: np.dtype | type) -> np.ndarray:
@@ -165,3 +169,22 @@ class ModelRuntime:
         if not present:
             return np.zeros(frame_shape, dtype=dtype)
         return tiled_label_image(low[:, 0], [obj_ids[i] for i in present], frame_shape, dtype)
+
+
+class StoredFrame:
+    """One frame's stored results, read on demand (the ``FrameResults`` of
+    :class:`~napari_sam2.engine.outputs.FrameOutput`): the FrameResult objects themselves, which later prompts
+    and runs replace rather than change, so it keeps what the frame held when it was made."""
+
+    def __init__(self, runtime: ModelRuntime, results: list[FrameResult | None]) -> None:
+        self._runtime = runtime
+        self._results = list(results)
+        self.shape = (len(self._results), runtime.source.height, runtime.source.width)
+
+    @torch.inference_mode()
+    def logits(self, rows: list[int] | None = None) -> np.ndarray:
+        picked = self._results if rows is None else [self._results[i] for i in rows]
+        return self._runtime.frame_logits(picked)
+
+    def label_image(self, obj_ids: list[int], dtype: np.dtype) -> np.ndarray:
+        return self._runtime.label_image(self._results, obj_ids, dtype)

@@ -42,7 +42,7 @@ from .frames import FrameSource
 from .label_stack import SessionLabels
 from .memory_bank import commit_pending_prompts
 from .object_state import FramePrompt, TrackedObject
-from .outputs import FrameOutput
+from .outputs import FrameOutput, default_label_dtype
 from .precompute import ConditionedCache, precompute
 from .prefetch import FramePrefetcher
 from .prompt_checks import check_box, check_mask, check_obj_id, check_points, check_saved_prompt
@@ -365,7 +365,7 @@ class TrackingSession:
     @property
     def label_dtype(self) -> np.dtype:
         """uint16 while every object id fits, else uint32 (what TIFF and napari handle well)."""
-        return np.dtype(np.uint16 if max(self._objects, default=0) <= np.iinfo(np.uint16).max else np.uint32)
+        return default_label_dtype(self.obj_ids)
 
     def label_stack(self) -> SessionLabels:
         """A lazy (T, Y, X) label stack of the current results, computed one frame at a time on access
@@ -374,7 +374,8 @@ class TrackingSession:
 
     def _output(self, frame: int) -> FrameOutput:
         """Every object's current result on ``frame`` (after a prompt)."""
-        return FrameOutput(frame, *self.frame_logits(frame))
+        results = [obj.latest(frame) for obj in self._objects.values()]
+        return FrameOutput(frame, self.obj_ids, results=self._runtime.frame_results(results))
 
     # ------------------------------------------------------------------ propagation
     def propagate(self, start: int | None = None, direction: str = "forward",
@@ -404,7 +405,7 @@ class TrackingSession:
                 prefetcher.schedule(upcoming, keep=frame)  # read while this frame is tracked
                 results = track_frame(self._runtime, list(self._objects.values()), frame, reverse, pass_start,
                                       self.object_batch_size)
-                yield FrameOutput(frame, self.obj_ids, self._runtime.frame_logits(results))
+                yield FrameOutput(frame, self.obj_ids, results=self._runtime.frame_results(results))
         finally:  # finished, failed or cancelled: drop what was read ahead
             prefetcher.cancel()
 
