@@ -134,7 +134,8 @@ def test_memory_stays_bounded_on_a_long_movie(model):
         assert sum(r.maskmem is not None for r in obj.tracked.values()) <= 12
     growth = (sizes[-1] - sizes[20]) / (num_frames - 1 - 20)
     low_res = (IMAGE_SIZE // 4) ** 2 * 4
-    assert growth == pytest.approx(low_res + 256 * 4 + 4, abs=1)  # logits + pointer + score per frame
+    # Per frame: the logits' crop (at most the whole map, plus its 16-byte fill), pointer and score.
+    assert 256 * 4 + 4 < growth <= low_res + 16 + 256 * 4 + 4
     assert session.memory_bytes()["features"] <= session.features.capacity * session.features.get(0).nbytes
 
 

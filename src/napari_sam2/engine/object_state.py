@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .compact_logits import CompactLogits
 from .compact_mask import CompactMask
 
 
@@ -65,28 +66,43 @@ class FramePrompt:
     __hash__ = None
 
 
-@dataclass
+@dataclass(init=False, eq=False)
 class FrameResult:
     """One object's result on one frame.
 
     ``raw_logits`` (1, 1, S/4, S/4) float32 are the decoder's logits *before* hole filling (filling is
     cheap and re-applied on read); keeping the unfilled logits lets a dropped spatial memory be
-    re-encoded bit-for-bit. ``maskmem`` (1, 64, S/16, S/16) bfloat16 is the spatial memory, or None
-    while not encoded yet (a fresh prompt) or after it was dropped to bound memory.
+    re-encoded bit-for-bit. They are kept as ``compact_logits``, the crop of the box where they matter
+    (:class:`~napari_sam2.engine.compact_logits.CompactLogits`: exact for everything the session computes
+    from them); reading ``raw_logits`` rebuilds the map. ``maskmem`` (1, 64, S/16, S/16) bfloat16 is the
+    spatial memory, or None while not encoded yet (a fresh prompt) or after it was dropped to bound memory.
     """
 
-    raw_logits: torch.Tensor
+    compact_logits: CompactLogits
     obj_ptr: torch.Tensor
     object_score: torch.Tensor
     from_prompt: bool  # prompted frames encode memory from the binarised, hole-filled mask
-    maskmem: torch.Tensor | None = None
+    maskmem: torch.Tensor | None
+
+    def __init__(self, raw_logits: torch.Tensor | CompactLogits, obj_ptr: torch.Tensor, object_score: torch.Tensor,
+                 from_prompt: bool, maskmem: torch.Tensor | None = None) -> None:
+        self.compact_logits = raw_logits if isinstance(raw_logits, CompactLogits) else CompactLogits.of(raw_logits)
+        self.obj_ptr = obj_ptr
+        self.object_score = object_score
+        self.from_prompt = from_prompt
+        self.maskmem = maskmem
+
+    @property
+    def raw_logits(self) -> torch.Tensor:
+        """The (1, 1, S/4, S/4) float32 logits before hole filling, as kept (a new tensor)."""
+        return self.compact_logits.dense()
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.raw_logits, self.obj_ptr, self.object_score]
+        tensors = [self.obj_ptr, self.object_score]
         if self.maskmem is not None:
             tensors.append(self.maskmem)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return self.compact_logits.nbytes + sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass

@@ -129,14 +129,18 @@ class ModelRuntime:
         present = [i for i, r in enumerate(results) if r is not None]
         if not present:
             return present, None
-        stored = [results[i].raw_logits for i in present]
+        stored = [results[i].compact_logits for i in present]
         if all(t.device.type == "cpu" for t in stored):
-            # numpy's copy runs in this thread; torch.cat's is split across the intra-op threads, which on a
-            # busy machine wait for each other (seconds for hundreds of objects).
-            stack = torch.from_numpy(np.concatenate([t.numpy() for t in stored]))
+            # Filled in by numpy in this thread; torch's copies are split across the intra-op threads, which on
+            # a busy machine wait for each other (seconds for hundreds of objects).
+            planes = np.empty((len(stored), 1, *stored[0].shape), dtype=np.float32)
+            for plane, logits in zip(planes, stored):
+                logits.write_into(plane[0])
+            stack = torch.from_numpy(planes)
         else:
-            same = all(t.device == stored[0].device for t in stored)
-            stack = torch.cat(stored if same else [t.to(self.device) for t in stored], dim=0)
+            dense = [t.dense() for t in stored]
+            same = all(t.device == dense[0].device for t in dense)
+            stack = torch.cat(dense if same else [t.to(self.device) for t in dense], dim=0)
         return present, self.filled(stack, in_place=True).to(self.device)  # a new stack: filled in place
 
     def frame_logits(self, results: list[FrameResult | None]) -> np.ndarray:
