@@ -30,6 +30,7 @@ from napari_sam2.engine.automatic import (
     generate_masks,
     postprocess_small_regions,
 )
+from napari_sam2.engine.compact_mask import CompactMask
 from napari_sam2.engine.frames import FrameSource
 from napari_sam2.engine.mask_geometry import (
     box_nms,
@@ -407,7 +408,7 @@ def test_postprocess_small_regions_matches_the_reference(pair, reference_amg, mo
     for cy, cx in ((60, 80), (140, 220)):  # two clean discs of ~700 pixels: the NMS prefers them
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2
         rows, cols = np.nonzero(disc)
-        masks.append(dataclasses.replace(masks[0], segmentation=disc, area=int(disc.sum()),
+        masks.append(dataclasses.replace(masks[0], mask=CompactMask.of(disc), area=int(disc.sum()),
                                          bbox=(rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)))
     for min_area, nms_thresh in ((30, 0.7), (400, 0.9)):
         data = MaskData(rles=mask_to_rle_pytorch(torch.from_numpy(np.stack([m.segmentation for m in masks]))),

@@ -7,6 +7,7 @@ from session_support import cells_movie, small_model
 
 from napari_sam2 import AutomaticMaskOptions, TrackingSession
 from napari_sam2.engine.automatic import generate_masks
+from napari_sam2.engine.compact_mask import CompactMask
 
 OPEN = AutomaticMaskOptions(points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0,
                             stability_score_thresh=0.0, box_nms_thresh=0.95)
@@ -38,9 +39,9 @@ def test_empty_masks_do_not_become_objects(monkeypatch):
     session = TrackingSession(model, cells_movie(2), contrast_limits=(0, 4000))
     full = np.zeros((96, 80), bool)
     full[20:30, 10:25] = True
-    found = [AutomaticMask(segmentation=np.zeros((96, 80), bool), area=0, bbox=(0, 0, 0, 0), predicted_iou=0.9,
+    found = [AutomaticMask(mask=CompactMask.of(np.zeros((96, 80), bool)), area=0, bbox=(0, 0, 0, 0), predicted_iou=0.9,
                            stability_score=0.0, point=(5.0, 5.0), crop_box=(0, 0, 96, 80)),
-             AutomaticMask(segmentation=full, area=150, bbox=(20, 10, 30, 25), predicted_iou=0.8,
+             AutomaticMask(mask=CompactMask.of(full), area=150, bbox=(20, 10, 30, 25), predicted_iou=0.8,
                            stability_score=0.9, point=(25.0, 15.0), crop_box=(0, 0, 96, 80))]
     monkeypatch.setattr(session_module, "generate_masks", lambda *args, **kwargs: found)
     assert session.segment_all(0) == [1]

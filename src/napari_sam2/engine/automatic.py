@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..model.interrupt import checkpoint
 from ..model.sam2 import ImageFeatures, SAM2Model
+from .compact_mask import CompactMask
 from .frames import square_model_input
 from .mask_geometry import (
     Box,
@@ -39,7 +40,7 @@ from .mask_geometry import (
 )
 
 PREV_LOGIT_CLAMP = 32.0  # low-resolution logits fed back as a mask prompt (use_m2m) are clamped, as in SAM 2
-UPSAMPLE_CHUNK = 16  # masks upsampled to full resolution at a time
+UPSAMPLE_BYTES = 64 * 2**20  # float32 full-resolution logits made at a time (at least one mask's)
 Autocast = Callable[[], contextlib.AbstractContextManager]
 Progress = Callable[[int, int], None]
 
@@ -100,19 +101,26 @@ class AutomaticMaskOptions:
 class AutomaticMask:
     """One mask found on a frame. Coordinates follow napari ((row, col) = (y, x)).
 
-    ``segmentation`` is a bool (Y, X) mask at the frame's resolution and ``area`` its pixel count; ``bbox``
+    ``mask`` is the mask at the frame's resolution, kept as the crop of its box (a
+    :class:`~napari_sam2.engine.compact_mask.CompactMask`: hundreds of masks on a large frame cost their boxes,
+    not masks x pixels); ``segmentation`` rebuilds the bool (Y, X) array. ``area`` is its pixel count; ``bbox``
     (y0, x0, y1, x1) bounds it with exclusive ends (``segmentation[y0:y1, x0:x1]``; (0, 0, 0, 0) when empty);
     ``point`` is the (row, col) prompt that produced it, ``crop_box`` the (y0, x0, y1, x1) crop it was found
     in (exclusive ends). ``predicted_iou`` and ``stability_score`` are the two quality scores it passed.
     """
 
-    segmentation: np.ndarray
+    mask: CompactMask
     area: int
     bbox: Box
     predicted_iou: float
     stability_score: float
     point: tuple[float, float]
     crop_box: Box
+
+    @property
+    def segmentation(self) -> np.ndarray:
+        """The bool (Y, X) mask at the frame's resolution (a new array)."""
+        return self.mask.full()
 
     def as_sam_record(self) -> dict[str, Any]:
         """The reference generator's record of this mask: its keys, (x, y) points and XYWH boxes, where a box's
@@ -153,13 +161,12 @@ class _Candidates:
         out = []
         for i, piece in enumerate(self.pieces):
             y0, x0, y1, x1 = (int(v) for v in self.boxes[i])
-            segmentation = np.zeros(frame_shape, dtype=bool)
-            segmentation[y0:y0 + piece.shape[0], x0:x0 + piece.shape[1]] = piece
+            mask = CompactMask.cropped(piece, (y0, x0), frame_shape)
             area = int(piece.sum())
             bbox = _exclusive_box((y0, x0, y1, x1), area)
             point = tuple(float(v) for v in self.points[i])
             crop = tuple(int(v) for v in self.crops[i])
-            out.append(AutomaticMask(segmentation, area, bbox, float(self.ious[i]), float(self.stability[i]),
+            out.append(AutomaticMask(mask, area, bbox, float(self.ious[i]), float(self.stability[i]),
                                      point, crop))
         return out
 
@@ -269,8 +276,9 @@ def _segment_batch(model: SAM2Model, feat: torch.Tensor, high_res: list[torch.Te
         keep = keep[ious[keep] > options.pred_iou_thresh]
     low = fill_small_regions(low[keep], options.min_mask_region_area, options.min_mask_region_area)
     # Full-resolution logits a few masks at a time: memory stays bounded on large frames.
-    parts = [_full_resolution(low[i:i + UPSAMPLE_CHUNK], keep[i:i + UPSAMPLE_CHUNK], crop_box, frame_shape, options)
-             for i in range(0, max(len(keep), 1), UPSAMPLE_CHUNK)]  # at least one part, if empty
+    chunk = max(1, UPSAMPLE_BYTES // (4 * (crop_box[2] - crop_box[0]) * (crop_box[3] - crop_box[1])))
+    parts = [_full_resolution(low[i:i + chunk], keep[i:i + chunk], crop_box, frame_shape, options)
+             for i in range(0, max(len(keep), 1), chunk)]  # at least one part, if empty
     kept, stability, boxes = (torch.cat([part[k] for part in parts]) for k in range(3))
     pieces = [piece for part in parts for piece in part[3]]
     crops = torch.zeros(len(kept), 4, dtype=torch.int64)  # set by the caller
@@ -353,6 +361,6 @@ def postprocess_small_regions(masks: list[AutomaticMask], min_area: int,
             out.append(masks[i])
             continue
         area = int(cleaned[i].sum())
-        out.append(dataclasses.replace(masks[i], segmentation=cleaned[i], area=area,
+        out.append(dataclasses.replace(masks[i], mask=CompactMask.of(cleaned[i]), area=area,
                                        bbox=_exclusive_box(boxes[i].tolist(), area)))
     return out
