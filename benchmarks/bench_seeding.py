@@ -36,7 +36,6 @@ from napari_sam2 import TrackingSession
 from napari_sam2.engine.compact_mask import CompactMask
 from napari_sam2.engine.memory_bank import commit_pending_prompts
 from napari_sam2.engine.object_state import FramePrompt, TrackedObject
-from napari_sam2.engine.prompt_checks import label_masks
 from napari_sam2.model.resize import resize_bilinear
 
 
@@ -62,7 +61,8 @@ def seed_before(session: TrackingSession, labels: np.ndarray) -> None:
     """``add_labels`` as it was: full masks, then per mask the frame resized and one pass of the SAM heads."""
     runtime = session._runtime
     size = (runtime.image_size, runtime.image_size)
-    for t, obj_id, mask in label_masks(labels, [0], None, session.frame_shape, session.num_frames):
+    full_masks = [(0, int(i), labels == i) for i in np.unique(labels) if i != 0]  # the old split: a full mask each
+    for t, obj_id, mask in full_masks:
         model_mask = torch.from_numpy(mask)[None, None].float().to(runtime.device)
         if model_mask.shape[-2:] != size:
             model_mask = (resize_bilinear(model_mask, size, antialias=True) >= 0.5).float()

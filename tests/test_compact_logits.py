@@ -110,8 +110,10 @@ def test_a_session_computes_the_same_with_compact_results_as_with_full_ones(monk
     full_map = 4 * kept[0].shape[0] * kept[0].shape[1]
     assert held < 0.8 * full_map  # small frames: the cells fill much of them
 
-    monkeypatch.setattr(CompactLogits, "of", classmethod(
-        lambda cls, t: cls(tuple(t.shape[-2:]), (0, 0, *t.shape[-2:]), t[0, 0].float().clone(), 0.0)))
+    def whole_map(cls, t, floor=LOGIT_FLOOR):
+        return cls(tuple(t.shape[-2:]), (0, 0, *t.shape[-2:]), t[0, 0].float().clone(), 0.0)
+
+    monkeypatch.setattr(CompactLogits, "of", classmethod(whole_map))
     full_session, full_labels, full_click = run()
     for ours, theirs in zip(compact_labels, full_labels, strict=True):
         assert np.array_equal(ours, theirs)
@@ -120,3 +122,31 @@ def test_a_session_computes_the_same_with_compact_results_as_with_full_ones(monk
         for frame, result in full_session._objects[obj_id].tracked.items():
             other = compact_session._objects[obj_id].tracked[frame]
             assert torch.equal(result.obj_ptr, other.obj_ptr)
+
+
+def test_a_higher_floor_keeps_only_the_objects_box_and_the_same_labels():
+    logits = cell_logits(depth=20.0)  # a background above -32: the default floor keeps the whole map
+    assert CompactLogits.of(logits).box == (0, 0, 128, 128)
+    kept = CompactLogits.of(logits, floor=0.0)
+    inside = np.argwhere(logits[0, 0].numpy() > 0)
+    (r0, c0), (r1, c1) = inside.min(axis=0), inside.max(axis=0)
+    assert kept.box == (r0 - 1, c0 - 1, r1 + 2, c1 + 2) and kept.fill == 0.0
+    read = kept.dense()
+    assert torch.equal(read > 0, logits > 0)
+    big = (700, 640)
+    up = [F.interpolate(t, size=big, mode="bilinear", align_corners=False) for t in (read, logits)]
+    assert torch.equal(up[0] > 0, up[1] > 0)
+
+
+def test_a_session_with_a_higher_floor_writes_the_same_labels_and_rejects_a_positive_one():
+    movie = cells_movie(4)
+    labels = []
+    for floor in (LOGIT_FLOOR, -4.0):
+        session = TrackingSession(small_model(), movie, result_floor=floor)
+        session.add_box(0, 1, (20, 15, 45, 40))
+        labels.append([o.label_image() for o in session.propagate()])
+    for ours, theirs in zip(*labels, strict=True):
+        assert np.array_equal(ours, theirs)
+    for bad in (0.5, float("nan"), "low"):
+        with pytest.raises(ValueError, match="result_floor must be a number <= 0"):
+            TrackingSession(small_model(), movie, result_floor=bad)

@@ -54,8 +54,11 @@ class CompactLogits:
         self.shape, self.box, self.crop, self.fill = shape, box, crop, float(fill)
 
     @classmethod
-    def of(cls, logits: torch.Tensor) -> CompactLogits:
-        """The compact form of one result's (1, 1, h, w) logits, kept on their device (a copy)."""
+    def of(cls, logits: torch.Tensor, floor: float = LOGIT_FLOOR) -> CompactLogits:
+        """The compact form of one result's (1, 1, h, w) logits, kept on their device (a copy).
+
+        ``floor`` (<= 0) is the value below which logits need not be kept (see :func:`check_floor`): the
+        default changes nothing a session computes; a higher one keeps less."""
         if logits.dim() != 4 or logits.shape[:2] != (1, 1):
             raise ValueError(f"one result's logits are (1, 1, h, w), got {tuple(logits.shape)}")
         plane = logits[0, 0].float()
@@ -63,14 +66,15 @@ class CompactLogits:
         lowest = plane.min()
         differ = plane != lowest
         rows, cols = differ.any(dim=1), differ.any(dim=0)
-        above = plane > LOGIT_FLOOR
+        above = plane > floor
         rows_above, cols_above = above.any(dim=1), above.any(dim=0)
-        flags = torch.cat([rows, cols, rows_above, cols_above, (lowest <= LOGIT_FLOOR)[None]]).cpu().numpy()
+        flags = torch.cat([rows, cols, rows_above, cols_above, (lowest <= floor)[None]]).cpu().numpy()
         rows, cols = flags[:height], flags[height:height + width]
         rows_above, cols_above = flags[height + width:2 * height + width], flags[2 * height + width:-1]
         options = [(_box(rows, cols, grow=0), float(lowest))]
-        if FLOOR_IS_EXACT and flags[-1]:  # the floor can only drop something where a logit is at or below it
-            options.append((_box(rows_above, cols_above, grow=1, size=(height, width)), LOGIT_FLOOR))
+        usable = floor > LOGIT_FLOOR or FLOOR_IS_EXACT  # a floor above the default is the caller's choice
+        if usable and flags[-1]:  # the floor can only drop something where a logit is at or below it
+            options.append((_box(rows_above, cols_above, grow=1, size=(height, width)), floor))
         box, fill = min(options, key=lambda option: _area(option[0]))
         h0, w0, h1, w1 = box
         return cls((height, width), box, plane[h0:h1, w0:w1].clone(), fill)
@@ -99,6 +103,17 @@ class CompactLogits:
 
     def __repr__(self) -> str:
         return f"CompactLogits(shape={self.shape}, box={self.box}, fill={self.fill})"
+
+
+def check_floor(floor: float) -> float:
+    """``floor`` as a float, or ValueError: results keep their logits where they are above it, so it must be
+    <= 0 for masks and labels (logits > 0) to stay exact. At -32 (the default) or below, everything else a
+    session computes stays exact too; above it, a dropped memory re-encoded from a result and a click that
+    refines a tracked result see the floor where the logits were lower."""
+    if isinstance(floor, bool) or not isinstance(floor, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(floor) or floor > 0:
+        raise ValueError(f"result_floor must be a number <= 0 (default {LOGIT_FLOOR}), got {floor!r}")
+    return float(floor)
 
 
 def _box(rows: np.ndarray, cols: np.ndarray, grow: int, size: tuple[int, int] | None = None

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..model.sam2 import NO_OBJECT_SCORE, ImageFeatures, SAM2Model
 from .acceleration import autocast, check_finite
+from .compact_logits import LOGIT_FLOOR, CompactLogits
 from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .label_tiles import tiled_label_image
@@ -30,19 +31,22 @@ class ModelRuntime:
 
     ``precision`` is "fp32", "bf16" or "fp16" (autocast, see :mod:`~napari_sam2.engine.acceleration`);
     ``storage`` places results, memories and pointers (:mod:`~napari_sam2.engine.storage`);
-    ``fill_hole_area`` is the largest background hole (in S/4 mask pixels) filled whenever logits are read.
+    ``fill_hole_area`` is the largest background hole (in S/4 mask pixels) filled whenever logits are read;
+    results keep their logits above ``result_floor`` (:mod:`~napari_sam2.engine.compact_logits`).
     ``features`` is the LRU feature cache, ``prefetcher`` reads the next frames of a propagation in the
     background.
     """
 
     def __init__(self, model: SAM2Model, source: FrameSource, device: torch.device, storage: Storage,
-                 precision: str, fill_hole_area: int, feature_cache_size: int, prefetch_frames: int) -> None:
+                 precision: str, fill_hole_area: int, feature_cache_size: int, prefetch_frames: int,
+                 result_floor: float = LOGIT_FLOOR) -> None:
         self.model = model
         self.source = source
         self.device = device
         self.storage = storage
         self.precision = precision
         self.fill_hole_area = fill_hole_area
+        self.result_floor = result_floor
         self.image_size = model.image_size
         self.num_frames = source.num_frames
         self.features = FeatureCache(self.encode_frame, capacity=feature_cache_size)
@@ -77,7 +81,8 @@ class ModelRuntime:
             sums = torch.stack([low_res.float().sum(), obj_ptr.float().sum(), object_score.float().sum()])
             check_finite(sums, self.precision, "the model's outputs")
         store = self.storage
-        return [FrameResult(logits, pointer, score, from_prompt) for logits, pointer, score in
+        return [FrameResult(CompactLogits.of(logits, self.result_floor), pointer, score, from_prompt)
+                for logits, pointer, score in
                 zip(store.results(low_res), store.pointers(obj_ptr), store.results(object_score), strict=True)]
 
     def stored_result(self, low_res: torch.Tensor, obj_ptr: torch.Tensor, object_score: torch.Tensor,
