@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import TrackingSession, build_model, describe_model, labels_from_logits, load_model
+from . import TrackingSession, build_model, describe_model, load_model
 
 
 def synthetic_cells(num_frames: int = 8, size: int = 256, seed: int = 0) -> np.ndarray:
@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     session.add_points(0, obj_id=2, points=[[179, 154]], labels=[1])
     print(f"prompted 2 cells on frame 0 in {time.perf_counter() - start:.1f} s")
     labels = np.zeros(movie.shape, dtype=np.uint16)
-    for frame, obj_ids, logits in session.propagate():
-        labels[frame] = labels_from_logits(obj_ids, logits)
-        areas = {i: int((labels[frame] == i).sum()) for i in obj_ids}
+    for output in session.propagate():
+        frame = output.frame
+        labels[frame] = output.label_image(np.uint16)
+        areas = {i: int((labels[frame] == i).sum()) for i in output.obj_ids}
         print(f"frame {frame}: pixels per object {areas}")
     total = time.perf_counter() - start
     print(f"tracked {len(movie)} frames of {movie.shape[1:]} {movie.dtype} in {total:.1f} s "
