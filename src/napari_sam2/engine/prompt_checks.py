@@ -79,10 +79,10 @@ def check_mask(mask: Any, frame_shape: FrameShape) -> np.ndarray:
 
 def check_saved_prompt(prompt: FramePrompt, frame: int, obj_id: int, frame_shape: FrameShape) -> None:
     """A recorded prompt (e.g. from a session file) that can be applied to frames of ``frame_shape``."""
-    if prompt.mask is not None:
-        if prompt.mask.shape != frame_shape:
+    if prompt.compact_mask is not None:  # its shape, without rebuilding the full mask
+        if tuple(prompt.compact_mask.shape) != tuple(frame_shape):
             raise ValueError(f"mask prompt for object {obj_id} on frame {frame} has shape "
-                             f"{prompt.mask.shape}, the frames are {frame_shape}")
+                             f"{prompt.compact_mask.shape}, the frames are {frame_shape}")
         return
     check_points(prompt.points, prompt.labels, frame_shape, allow_empty=prompt.box is not None)
     if prompt.box is not None:

@@ -34,7 +34,7 @@ def click_prompt(objects: Objects, frame: int, obj_id: int, points: np.ndarray, 
     obj = objects.get(obj_id)
     steps = obj.prompt_steps.get(frame) if obj is not None else None
     old = steps[-1] if steps else None
-    if not clear_old_points and old is not None and old.mask is None:
+    if not clear_old_points and old is not None and old.compact_mask is None:
         return FramePrompt(np.concatenate([old.points, points]), np.concatenate([old.labels, labels]), old.box)
     return FramePrompt(points, labels)
 
