@@ -14,7 +14,10 @@ package index, and its header says how to install them there):
    the ratio (targets: >= 1x at 1 object, >= 2x at 16, >= 4x at 64), peak GPU memory (target: at most the
    reference's) and our recompiles after warm-up (target: 0); then tiny at 16 objects once more with our
    value folding off, to see whether folding pays on that GPU;
-3. writes all of it as one markdown file (``--out``) and prints it.
+3. runs ``bench_population.py`` on the GPU: 1, 16, 100 and 500 cells seeded from a label image on frames of
+   1024 x 1024 and 2048 x 2048 at model input 512 (seconds per frame split into the model and the rest, peak
+   memory, held results per object-frame, ``add_labels`` time);
+4. writes all of it as one markdown file (``--out``) and prints it.
 
 Stages and object counts run in that order; once ``--budget-s`` seconds (default 360) have passed, the
 ones not started are skipped and say so, so that the whole run stays within about 8 minutes (the device tool
@@ -40,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_gpu import Row, measure_config
+from bench_population import TABLE_HEADER, measure, table_row
 from video_scenarios import SCENARIOS, synthetic_movie, write_jpeg_folder
 
 from napari_sam2.engine.acceleration import describe_precision, resolve_precision
@@ -145,6 +149,25 @@ def speed(report: Report, device: torch.device, configs: list[str], objects: lis
     report.add()
 
 
+def population(report: Report, device: str, objects: list[int], frame_sizes: list[int], size: int,
+               frames: int) -> None:
+    """bench_population.py's table on ``device``: 1 to 500 cells seeded from a label image (issue 15)."""
+    report.add(f"## Populations (bench_population.py: SAM 2.1 tiny, random weights, model input {size}, "
+               f"{frames} frames, {device})")
+    report.add()
+    report.add(TABLE_HEADER)
+    for frame in frame_sizes:
+        for n in objects:
+            what = f"{frame} x {frame} | {n}"
+            if report.out_of_time(what):
+                continue
+            try:
+                report.add(table_row(frame, measure(frame, n, size, frames, device)))
+            except Exception as error:  # noqa: BLE001 - one row failing must not lose the others
+                report.failed(what, error)
+    report.add()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.md"))
@@ -169,12 +192,14 @@ def main() -> int:
         # Whether folding the 64-channel values before their projection pays on this GPU (it does on the CPU).
         speed(report, device, ["sam2.1_hiera_t"], [16], args.frames, 1024, compile_model=True, precision=precision,
               fold_values=False, with_reference=False)
+        population(report, "cuda", [1, 16, 100, 500], [1024, 2048], size=512, frames=4)
     else:
         report.add("**No CUDA GPU here** (torch.cuda.is_available() is False): a smoke run on the CPU only; "
                    "no GPU figure was measured.")
         report.add()
         parity(report, "cpu", ["sam2.0 20 frames @128"])
         speed(report, device, ["sam2.1_hiera_t"], [1, 2], 3, 128, compile_model=False, precision=precision)
+        population(report, "cpu", [2], [256], size=128, frames=2)
     report.add(f"Total {report.elapsed:.0f} s.")
     print(f"written to {args.out}")
     return 0

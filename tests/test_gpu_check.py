@@ -30,3 +30,5 @@ def test_gpu_check_without_cuda_says_so_and_writes_its_table(tmp_path, monkeypat
     speed_rows = [line for line in text.splitlines() if line.startswith("| sam2.1_hiera_t |")]
     assert [row.split(" | ")[1] for row in speed_rows] == ["1", "2"]
     assert all("not compiled" in row and "failed" not in row for row in speed_rows)
+    population_rows = [line for line in text.splitlines() if line.startswith("| 256 x 256 |")]
+    assert len(population_rows) == 1 and population_rows[0].split(" | ")[1] == "2"  # two cells seeded and tracked
