@@ -211,6 +211,73 @@ def test_prompts_that_do_not_fit_the_movie_fail_in_one_line_before_loading_a_mod
     assert not (tmp_path / "out.tif").exists()
 
 
+AUTO_OPTIONS = ["--points-per-side", "1", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+
+
+def test_auto_prompts_segment_all_then_track_with_reseeding_and_stopping(work, tmp_path):
+    """--prompts auto seeds every mask of the --start frame; --reseed-labels adds the cells nothing tracks."""
+    from napari_sam2 import AutomaticMaskOptions
+    from napari_sam2.engine.reseeding import ReseedOptions
+
+    root, movie = work["root"], work["movie"]
+    stack = np.zeros(movie.shape, np.uint16)
+    stack[2, 2:12, 2:12] = 4  # a corner cell that enters on frame 2
+    tifffile.imwrite(tmp_path / "cellpose.tif", stack, photometric="minisblack")
+    out = tmp_path / "auto.tif"
+    run = run_cli("track", root / "movie.tif", "--prompts", "auto", "--start", "1", "--frames", "1", *AUTO_OPTIONS,
+                  "--reseed-every", "1", "--reseed-labels", tmp_path / "cellpose.tif", "--stop-after-absent", "2",
+                  "--out", out, "--model", work["checkpoint"], "--device", "cpu", cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr
+
+    model = load_model(work["checkpoint"], device="cpu", verbose=False)
+    session = TrackingSession(model, movie, stop_after_absent=2)
+    ids = session.segment_all(1, AutomaticMaskOptions(points_per_side=1, pred_iou_thresh=0, stability_score_thresh=0))
+    list(session.propagate(max_frames=1, reseed=ReseedOptions(every=1, labels=stack)))
+    assert ids and f"segment all found {len(ids)} object(s) on frame 1" in run.stderr
+    added = len(session.obj_ids) - len(ids)
+    assert added == 1  # the corner cell of frame 2
+    assert f"re-seeding added {added} object(s)" in run.stderr and "0 object(s) stopped" in run.stderr
+    labels = tifffile.imread(out)
+    np.testing.assert_array_equal(labels, np.asarray(session.label_stack()))
+    assert not labels[0].any() and not labels[3].any()  # only frames 1 and 2 were tracked
+
+
+REFUSED = [
+    (["--prompts", "auto", "PTS"], "--prompts auto segments the --start frame by itself: give no prompt files with it"),
+    (["--prompts", "auto", "--start", "9"], "--start 9 is out of range: the movie has 4 frame(s) (0..3)"),
+    (["--prompts", "PTS", "--reseed-labels", "STACK"], "--reseed-labels needs --reseed-every K"),
+    (["--prompts", "PTS", "--reseed-every", "2", "--reseed-labels", "SMALL"],
+     "--reseed-labels SMALL: reseed labels must be a (T, Y, X) label stack of (4, 96, 80), got shape (4, 64, 64)"),
+    (["--prompts", "PTS", "--reseed-every", "2", "--reseed-labels", "MISSING"], "MISSING does not exist"),
+]
+
+
+@pytest.mark.parametrize("args, expected", REFUSED, ids=["auto and files", "auto start", "labels alone", "small",
+                                                         "missing"])
+def test_population_options_that_do_not_fit_fail_in_one_line_before_loading_a_model(work, tmp_path, args, expected):
+    files = {"PTS": work["root"] / "points.csv", "STACK": tmp_path / "stack.tif", "SMALL": tmp_path / "small.tif",
+             "MISSING": tmp_path / "missing.tif"}
+    tifffile.imwrite(files["STACK"], np.zeros((4, 96, 80), np.uint16), photometric="minisblack")
+    tifffile.imwrite(files["SMALL"], np.zeros((4, 64, 64), np.uint16), photometric="minisblack")
+    args = [str(files.get(a, a)) for a in args]
+    for name, path in files.items():
+        expected = expected.replace(name, str(path))
+    run = run_cli("track", work["root"] / "movie.tif", *args, "--out", tmp_path / "out.tif", "--model",
+                  "sam2.1_hiera_large", cache=tmp_path / "cache")
+    assert run.returncode == 1
+    assert run.stderr.startswith("napari-sam2: error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert expected in run.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--stop-after-absent", "0"), ("--reseed-every", "x"),
+                                         ("--new-object-iou", "0")])
+def test_bad_population_numbers_are_refused_by_the_parser(work, tmp_path, flag, value):
+    run = run_cli("track", work["root"] / "movie.tif", "--prompts", "auto", flag, value, "--out",
+                  tmp_path / "out.tif", cache=tmp_path / "cache")
+    assert run.returncode == 2 and f"argument {flag}" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_offline_without_cached_weights_says_where_to_put_the_file(work, tmp_path):
     run = run_cli("track", work["root"] / "movie.tif", "--prompts", work["root"] / "points.csv", "--out",
                   tmp_path / "out.tif", "--model", "sam2.1_hiera_tiny", cache=tmp_path / "cache")

@@ -22,6 +22,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 # Loaded on first use, so that napari's sample menu and `napari-sam2 --help` do not pay for importing torch.
 _EXPORTS = {
     "AutomaticMaskOptions": ".engine.automatic",
+    "ReseedOptions": ".engine.reseeding",
     "FrameError": ".engine.frames",
     "FrameOutput": ".engine.outputs",
     "labels_from_logits": ".engine.postprocess",
@@ -64,6 +65,7 @@ __all__ = [
     "CheckpointError",
     "FrameError",
     "FrameOutput",
+    "ReseedOptions",
     "SessionFileError",
     "TrackingSession",
     "UnknownObjectError",

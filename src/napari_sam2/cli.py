@@ -17,6 +17,8 @@ import numpy as np
 
 from .device import mps_fallback_status
 from .engine.acceleration import PRECISIONS, describe_precision
+from .engine.automatic import AutomaticMaskOptions
+from .engine.reseeding import DEFAULT_NEW_OBJECT_IOU, Reseeder, ReseedOptions
 from .engine.session import DIRECTIONS, TrackingSession
 from .engine.session_file import SessionFileError, load_session, read_session_file, save_session
 from .exports import write_ctc, write_label_tiff
@@ -37,6 +39,7 @@ EXIT_INTERRUPTED = 130
 SESSION_SUFFIXES = (".json",)
 CSV_SUFFIXES = (".csv",)
 LABEL_SUFFIXES = (".tif", ".tiff", ".npy")
+AUTO_PROMPTS = "auto"  # --prompts auto: segment everything on the --start frame and track every mask
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,14 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     track.add_argument("--prompts", type=Path, nargs="+", required=True, metavar="PROMPTS",
                        help="napari Points CSV (columns axis-0..2 = frame, row, col; features positive, obj_id), "
                             "a napari-sam2 session (.json), and/or a label image or stack (.tif/.npy) whose labels "
-                            "become mask prompts on --label-frames")
+                            "become mask prompts on --label-frames; or 'auto' alone: segment everything on the "
+                            "--start frame (default 0) and track every mask as an object")
     track.add_argument("--out", type=Path, required=True, metavar="OUTPUT",
                        help="label TIFF (.tif/.tiff) or a directory for Cell Tracking Challenge results")
     track.add_argument("--model", default=None, metavar="NAME|PATH",
                        help=f"known model name (downloaded once) or checkpoint file; default {DEFAULT_MODEL}, "
                             "or the session's model")
     track.add_argument("--direction", choices=DIRECTIONS, default="forward")
-    track.add_argument("--start", type=int, default=None, help="first frame (default: the earliest prompted frame)")
+    track.add_argument("--start", type=int, default=None,
+                       help="first frame (default: the earliest prompted frame; 0 with --prompts auto)")
     track.add_argument("--frames", type=int, default=None, metavar="N", help="track at most N frames past --start")
     track.add_argument("--channel", type=int, default=None, help="channel to track on, for multichannel movies")
     track.add_argument("--contrast", type=float, nargs=2, default=None, metavar=("LO", "HI"),
@@ -92,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     track.add_argument("--precision", choices=PRECISIONS, default=None,
                        help="fp32 (the reference's numbers), or bf16 / fp16 autocast (faster on GPUs); default: "
                             "bf16 on CUDA GPUs of compute capability 8.0+, fp16 on 7.x, fp32 elsewhere")
+    _population_arguments(track)
     track.add_argument("--save-session", type=Path, default=None, metavar="FILE",
                        help="also save the prompts as a session file (.json) to reopen in napari or Python")
     track.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
@@ -106,12 +112,65 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _population_arguments(track: argparse.ArgumentParser) -> None:
+    """Options for many cells: segment-all settings, cells that enter (re-seeding) and cells that leave."""
+    group = track.add_argument_group(
+        "populations", "segment everything (--prompts auto), add cells that enter, stop tracking cells that leave")
+    group.add_argument("--reseed-every", type=_positive_int, default=None, metavar="K",
+                       help="every K-th tracked frame, add each mask that no tracked object covers as a new object "
+                            "(segment all, or the labels of --reseed-labels on that frame)")
+    group.add_argument("--reseed-labels", type=Path, default=None, metavar="STACK",
+                       help="(T, Y, X) label stack (.tif/.npy, e.g. from Cellpose) whose labels are the re-seeding "
+                            "candidates, instead of segmenting all")
+    group.add_argument("--new-object-iou", type=_iou, default=DEFAULT_NEW_OBJECT_IOU, metavar="IOU",
+                       help="a candidate is new when its IoU with every tracked object is below this "
+                            f"(default {DEFAULT_NEW_OBJECT_IOU}) and at most half of it is already labelled")
+    group.add_argument("--stop-after-absent", type=_positive_int, default=None, metavar="N",
+                       help="stop tracking an object that SAM 2 judges absent on N frames in a row")
+    defaults = AutomaticMaskOptions()
+    group.add_argument("--points-per-side", type=_positive_int, default=defaults.points_per_side, metavar="N",
+                       help=f"segment all: an N x N grid of point prompts (default {defaults.points_per_side})")
+    group.add_argument("--pred-iou-thresh", type=_fraction, default=defaults.pred_iou_thresh, metavar="F",
+                       help=f"segment all: keep masks of predicted IoU above F (default {defaults.pred_iou_thresh})")
+    group.add_argument("--stability-score-thresh", type=_fraction, default=defaults.stability_score_thresh,
+                       metavar="F", help="segment all: keep masks of stability score at least F "
+                                         f"(default {defaults.stability_score_thresh})")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _iou(text: str) -> float:
+    value = _fraction(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected an IoU above 0 (no candidate has an IoU below 0), got 0")
+    return value
+
+
 def _track(args: argparse.Namespace) -> int:
     out_is_tiff = args.out.suffix.lower() in (".tif", ".tiff")
     if args.out.exists() and not args.overwrite and (out_is_tiff or any(args.out.iterdir())):
         raise FileExistsError(f"output {args.out} already exists; choose another --out or pass --overwrite")
     movie = open_movie(args.input, axes=args.axes)
     prompts = _read_prompts(args, movie)  # every prompt checked against the movie before the (slow) model load
+    reseed = _reseed_options(args, movie)  # so are the re-seeding options
     session = _open_session(args, movie, prompts)
     if not args.quiet:
         _say(f"running on {describe_precision(session.device, session.precision)}")
@@ -122,11 +181,18 @@ def _track(args: argparse.Namespace) -> int:
         session.add_points(click.frame, click.obj_id, click.points, click.labels, clear_old_points=False)
     for seed in prompts.seeds:
         session.add_labels(seed.labels, seed.frames)
+    if prompts.auto:
+        _segment_all(args, session, movie.axis)
 
     frames = session.frames_to_visit(args.start, args.direction, args.frames)
+    seeded = len(session.obj_ids)
     with _progress_bar(len(frames), movie.axis, disabled=args.quiet) as progress:
-        for _ in session.propagate(args.start, args.direction, args.frames):
+        for _ in session.propagate(args.start, args.direction, args.frames, reseed=reseed):
             progress.update(1)
+    if reseed is not None:
+        _say(f"re-seeding added {len(session.obj_ids) - seeded} object(s)")
+    if args.stop_after_absent is not None:
+        _say(f"{len(session.stopped_objects())} object(s) stopped after {args.stop_after_absent} absent frame(s)")
     labels = session.label_stack()
     axes = f"{movie.axis}YX"
     if out_is_tiff:
@@ -149,11 +215,17 @@ class _Prompts:
     saved: dict[str, Any] | None  # the session file's content
     clicks: list[ClickPrompt]
     seeds: list[LabelPrompt]
+    auto: bool = False  # --prompts auto: segment all on the --start frame
 
 
 def _read_prompts(args: argparse.Namespace, movie: Movie) -> _Prompts:
     """Sort the prompt files by kind, read them and check them (and --start) against the movie's shape."""
     paths = args.prompts
+    if any(str(p) == AUTO_PROMPTS for p in paths):
+        if len(paths) > 1:
+            raise ValueError("--prompts auto segments the --start frame by itself: give no prompt files with it")
+        _check_start(args, movie)
+        return _Prompts(None, None, [], [], auto=True)
     unknown = [p for p in paths if p.suffix.lower() not in SESSION_SUFFIXES + CSV_SUFFIXES + LABEL_SUFFIXES]
     if unknown:
         raise ValueError(f"cannot tell what kind of prompt file {unknown[0]} is: use .csv (napari Points), "
@@ -175,9 +247,53 @@ def _read_prompts(args: argparse.Namespace, movie: Movie) -> _Prompts:
     check_clicks(clicks, movie.shape, hint)
     seeds = [read_seed_labels(p, movie.shape, args.label_frames, hint)
              for p in paths if p.suffix.lower() in LABEL_SUFFIXES]
-    if args.start is not None and not 0 <= args.start < movie.shape[0]:
-        raise ValueError(with_hint(f"--start {args.start} is out of range: {movie_frames(movie.shape[0])}", hint))
+    _check_start(args, movie)
     return _Prompts(sessions[0] if sessions else None, saved, clicks, seeds)
+
+
+def _check_start(args: argparse.Namespace, movie: Movie) -> None:
+    if args.start is not None and not 0 <= args.start < movie.shape[0]:
+        raise ValueError(with_hint(f"--start {args.start} is out of range: {movie_frames(movie.shape[0])}",
+                                   movie.axes_hint()))
+
+
+def _automatic_options(args: argparse.Namespace) -> AutomaticMaskOptions:
+    return AutomaticMaskOptions(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
+                                stability_score_thresh=args.stability_score_thresh)
+
+
+def _reseed_options(args: argparse.Namespace, movie: Movie) -> ReseedOptions | None:
+    """The re-seeding of the run (None without --reseed-every), checked against the movie's shape."""
+    if args.reseed_every is None:
+        if args.reseed_labels is not None:
+            raise ValueError("--reseed-labels needs --reseed-every K: say how often to look for new objects")
+        return None
+    labels = None
+    if args.reseed_labels is not None:
+        if args.reseed_labels.suffix.lower() not in LABEL_SUFFIXES:
+            raise ValueError(f"--reseed-labels {args.reseed_labels} must be a .tif / .tiff / .npy label stack")
+        if not args.reseed_labels.exists():
+            raise FileNotFoundError(f"--reseed-labels file {args.reseed_labels} does not exist")
+        labels = open_movie(args.reseed_labels).data
+    options = ReseedOptions(every=args.reseed_every, labels=labels,
+                            automatic=None if labels is not None else _automatic_options(args),
+                            new_object_iou=args.new_object_iou)
+    try:
+        Reseeder(options, movie.shape[0], tuple(movie.shape[1:3]))
+    except ValueError as exc:  # only the label stack can misfit here
+        raise ValueError(with_hint(f"--reseed-labels {args.reseed_labels}: {exc}", movie.axes_hint())) from None
+    return options
+
+
+def _segment_all(args: argparse.Namespace, session: TrackingSession, axis: str) -> None:
+    """--prompts auto: every mask found on the --start frame becomes an object."""
+    frame = 0 if args.start is None else args.start
+    ids = session.segment_all(frame, _automatic_options(args))
+    if not ids:
+        raise ValueError(f"segment all found no objects on {'frame' if axis == 'T' else 'slice'} {frame}; "
+                         "try a lower --pred-iou-thresh / --stability-score-thresh, or give prompt files")
+    if not args.quiet:
+        _say(f"segment all found {len(ids)} object(s) on {'frame' if axis == 'T' else 'slice'} {frame}")
 
 
 def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts) -> TrackingSession:
@@ -189,6 +305,8 @@ def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts) -> 
         options["channel"] = args.channel
     if args.precision is not None:
         options["precision"] = args.precision
+    if args.stop_after_absent is not None:
+        options["stop_after_absent"] = args.stop_after_absent
     if prompts.saved is None:
         model = load_model(args.model or DEFAULT_MODEL, device=args.device, progress=not args.quiet)
         return TrackingSession(model, movie.data, **options)

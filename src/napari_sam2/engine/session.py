@@ -36,7 +36,7 @@ import torch
 from ..model.sam2 import SAM2Model
 from .acceleration import device_capabilities, resolve_precision
 from .automatic import AutomaticMaskOptions, generate_masks
-from .compact_mask import CompactMask
+from .compact_logits import LOGIT_FLOOR, check_floor
 from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .label_stack import SessionLabels
@@ -45,14 +45,16 @@ from .object_state import FramePrompt, TrackedObject
 from .outputs import FrameOutput, default_label_dtype
 from .precompute import ConditionedCache, precompute
 from .prefetch import FramePrefetcher
+from .presence import Presence
 from .prompt_checks import check_box, check_mask, check_obj_id, check_points, check_saved_prompt
 from .prompting import apply_click_prompt, apply_mask_prompt, apply_mask_prompts, clear_frame_prompts, click_prompt
 from .propagation import DIRECTIONS, check_run, track_frame, visit_plan
+from .reseeding import Reseeder, ReseedOptions
 from .runtime import ModelRuntime
 from .seeding import label_prompts
 from .storage import Storage
 
-__all__ = ["DIRECTIONS", "FrameOutput", "TrackingSession", "UnknownObjectError"]
+__all__ = ["DIRECTIONS", "FrameOutput", "ReseedOptions", "TrackingSession", "UnknownObjectError"]
 
 
 class UnknownObjectError(ValueError):
@@ -98,6 +100,17 @@ class TrackingSession:
         to a fixed size, see :mod:`napari_sam2.model.memory_padding`; later sessions of the same model reuse
         the graphs). Changes the model passed in; a compile failure falls back to eager execution with one
         log line.
+    stop_after_absent : int, optional
+        Stop tracking an object once SAM 2 judged it absent (object score <= 0) on this many visited frames in a
+        row of a propagation pass: later frames in that direction cost nothing for it and have no result, until
+        a prompt for it (or its next prompted frame) revives it; see :meth:`stopped_objects` and
+        :mod:`napari_sam2.engine.presence`. None (default): never stop.
+    result_floor : float
+        Results are kept as the crop of the box where their logits are above this (<= 0), so that an object
+        costs its box per frame, not the whole frame (:mod:`napari_sam2.engine.compact_logits`). The default
+        -32 changes nothing the session computes (logits it reports may read -32 where they were lower); a
+        higher floor keeps less, but a memory re-encoded from an old result and a click refining a tracked
+        result then see the floor in place of lower logits (masks and labels stay exact).
 
     A session is not thread-safe: one call at a time (the plugin runs one worker per session).
     """
@@ -106,7 +119,8 @@ class TrackingSession:
                  rgb: bool | None = None, channel: int | None = None, fill_hole_area: int = 8,
                  device: torch.device | str | None = None, storage_device: torch.device | str | None = None,
                  feature_cache_size: int = 4, object_batch_size: int = 16, prefetch_frames: int = 2,
-                 precision: str | None = None, compile_model: bool = False) -> None:
+                 precision: str | None = None, compile_model: bool = False,
+                 stop_after_absent: int | None = None, result_floor: float = LOGIT_FLOOR) -> None:
         if not isinstance(model, SAM2Model):
             raise TypeError(f"model must be a SAM2Model from napari_sam2.build_model, got {type(model).__name__}")
         if (isinstance(object_batch_size, bool) or not isinstance(object_batch_size, (int, np.integer))
@@ -114,6 +128,7 @@ class TrackingSession:
             raise ValueError(f"object_batch_size must be an integer >= 1, got {object_batch_size!r}")
         if fill_hole_area < 0:
             raise ValueError(f"fill_hole_area must be >= 0, got {fill_hole_area}")
+        self.result_floor = check_floor(result_floor)
         self.source = FrameSource(frames, contrast_limits=contrast_limits, rgb=rgb, channel=channel)
         self.device = torch.device(device) if device is not None else model.device
         # Checked before the model moves: a device that is not there, or a precision it cannot run, is one line.
@@ -128,15 +143,17 @@ class TrackingSession:
         if compile_model:
             self.model.use_compiled()
         self._runtime = ModelRuntime(self.model, self.source, self.device, self.storage, self.precision,
-                                     self.fill_hole_area, feature_cache_size, prefetch_frames)
+                                     self.fill_hole_area, feature_cache_size, prefetch_frames, self.result_floor)
         self._objects: dict[int, TrackedObject] = {}
         self._precomputed = ConditionedCache()
         self._rgb, self._channel = rgb, channel
+        self._presence = Presence(stop_after_absent)  # which objects stopped being tracked (objects that leave)
 
     def settings(self) -> dict[str, Any]:
         """The constructor settings that shape the results (contrast limits as resolved), JSON-friendly."""
         return {"contrast_limits": [self.source.mapping.low, self.source.mapping.high], "rgb": self._rgb,
-                "channel": self._channel, "fill_hole_area": self.fill_hole_area}
+                "channel": self._channel, "fill_hole_area": self.fill_hole_area,
+                "stop_after_absent": self.stop_after_absent}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -256,7 +273,7 @@ class TrackingSession:
                                features=runtime.features.get(frame), autocast=runtime.autocast, progress=progress)
         first = max(self._objects, default=0) + 1
         found = [mask for mask in masks if mask.area > 0]  # opened thresholds can let an empty mask through
-        prompts = [(frame, first + i, CompactMask.of(mask.segmentation)) for i, mask in enumerate(found)]
+        prompts = [(frame, first + i, mask.mask) for i, mask in enumerate(found)]
         apply_mask_prompts(runtime, self._objects, prompts, self.object_batch_size)
         return [obj_id for _, obj_id, _ in prompts]
 
@@ -378,8 +395,8 @@ class TrackingSession:
         return FrameOutput(frame, self.obj_ids, results=self._runtime.frame_results(results))
 
     # ------------------------------------------------------------------ propagation
-    def propagate(self, start: int | None = None, direction: str = "forward",
-                  max_frames: int | None = None) -> Iterator[FrameOutput]:
+    def propagate(self, start: int | None = None, direction: str = "forward", max_frames: int | None = None, *,
+                  reseed: ReseedOptions | None = None) -> Iterator[FrameOutput]:
         """Track every object through the movie, yielding ``(frame, obj_ids, logits)`` frame by frame.
 
         ``start`` defaults to the earliest prompted frame of any object. ``direction`` is "forward",
@@ -387,14 +404,25 @@ class TrackingSession:
         go past ``start``; the range is inclusive (``max_frames=1`` covers 2 frames). As in the reference,
         backward from frame 0 covers nothing. Stopping the generator early (cancel) keeps every frame
         yielded so far; nothing else changes.
+
+        ``reseed`` (a :class:`~napari_sam2.engine.reseeding.ReseedOptions`) adds cells that enter: on the
+        frames it names, after tracking the frame, every candidate mask (segment-all, or a given (T, Y, X)
+        label stack) that no object covers (IoU below ``new_object_iou`` with each, default 0.1) becomes a new
+        object with a mask prompt there (the next free ids), tracked from the next frame on; that frame's
+        output already includes it. Objects stopped by ``stop_after_absent`` have no result on the frames
+        past their stop (see :meth:`stopped_objects`).
         """
         check_run(direction, max_frames)
         start = None if start is None else self.source.check_index(start)
-        return self._propagate(start, direction, max_frames)
+        reseeder = None if reseed is None else Reseeder(reseed, self.num_frames, self.frame_shape)
+        return self._propagate(start, direction, max_frames, reseeder)
 
     @torch.inference_mode()  # on a generator function torch enters the mode around each step only
-    def _propagate(self, start: int | None, direction: str, max_frames: int | None) -> Iterator[FrameOutput]:
+    def _propagate(self, start: int | None, direction: str, max_frames: int | None,
+                   reseeder: Reseeder | None) -> Iterator[FrameOutput]:
         # A separate generator so that argument errors above are raised at call time, not on first next().
+        presence = self._presence
+        presence.begin_run(self._objects)  # before the commit: a new prompt revives a stopped object
         commit_pending_prompts(self._runtime, self._objects.values())
         plan = visit_plan(self._default_start() if start is None else start, direction, max_frames,
                           self.num_frames)
@@ -403,8 +431,12 @@ class TrackingSession:
             for step, (frame, reverse, pass_start) in enumerate(plan):
                 upcoming = (t for t, _, _ in plan[step + 1:] if t not in self.features)
                 prefetcher.schedule(upcoming, keep=frame)  # read while this frame is tracked
-                results = track_frame(self._runtime, list(self._objects.values()), frame, reverse, pass_start,
-                                      self.object_batch_size)
+                objects = presence.to_track(self._objects.values(), frame, reverse, pass_start)
+                track_frame(self._runtime, objects, frame, reverse, pass_start, self.object_batch_size)
+                presence.observe(objects, frame, reverse)
+                if reseeder is not None and reseeder.due(step, frame):  # cells that enter, tracked from here
+                    reseeder.reseed(self._runtime, self._objects, frame, reverse, self.object_batch_size)
+                results = [obj.latest(frame) for obj in self._objects.values()]  # None: stopped
                 yield FrameOutput(frame, self.obj_ids, results=self._runtime.frame_results(results))
         finally:  # finished, failed or cancelled: drop what was read ahead
             prefetcher.cancel()
@@ -419,6 +451,23 @@ class TrackingSession:
             start = self._default_start()
         return [frame for frame, _, _ in visit_plan(self.source.check_index(start), direction, max_frames,
                                                     self.num_frames)]
+
+    # ------------------------------------------------------------------ objects that leave
+    @property
+    def stop_after_absent(self) -> int | None:
+        """Absent frames in a row after which an object stops being tracked (None: never); setting None
+        revives every stopped object."""
+        return self._presence.stop_after_absent
+
+    @stop_after_absent.setter
+    def stop_after_absent(self, value: int | None) -> None:
+        self._presence.set_limit(value)
+
+    def stopped_objects(self) -> list[int]:
+        """Ids of the objects no longer tracked because SAM 2 judged them absent on ``stop_after_absent``
+        frames in a row (in :attr:`obj_ids` order). A new prompt for one revives it (it leaves this list at
+        once); its results up to the stop are kept."""
+        return self._presence.stopped(self._objects)
 
     def _default_start(self) -> int:
         """The earliest prompted frame of any object."""
