@@ -32,7 +32,7 @@ def test_segment_all_seeds_each_generated_mask_as_a_new_object_and_tracks_them()
 
 
 def test_empty_masks_do_not_become_objects(monkeypatch):
-    from napari_sam2.engine import session as session_module
+    from napari_sam2.engine import session_population as session_module
     from napari_sam2.engine.automatic import AutomaticMask
 
     model = small_model()

@@ -35,7 +35,6 @@ import torch
 
 from ..model.sam2 import SAM2Model
 from .acceleration import device_capabilities, resolve_precision
-from .automatic import AutomaticMaskOptions, generate_masks
 from .compact_logits import LOGIT_FLOOR, check_floor
 from .feature_cache import FeatureCache
 from .frames import FrameSource
@@ -51,7 +50,7 @@ from .prompting import apply_click_prompt, apply_mask_prompt, apply_mask_prompts
 from .propagation import DIRECTIONS, check_run, track_frame, visit_plan
 from .reseeding import Reseeder, ReseedOptions
 from .runtime import ModelRuntime
-from .seeding import label_prompts
+from .session_population import PopulationMethods
 from .storage import Storage
 
 __all__ = ["DIRECTIONS", "FrameOutput", "ReseedOptions", "TrackingSession", "UnknownObjectError"]
@@ -61,7 +60,7 @@ class UnknownObjectError(ValueError):
     """An object id that the session does not track."""
 
 
-class TrackingSession:
+class TrackingSession(PopulationMethods):
     """Track objects through a (T, Y, X[, C]) movie with a SAM 2 model.
 
     Parameters
@@ -239,45 +238,6 @@ class TrackingSession:
         return self._output(frame)
 
     @torch.inference_mode()
-    def add_labels(self, labels: Any, frames: int | Sequence[int], obj_ids: Sequence[int] | None = None) -> list[int]:
-        """Start from an existing segmentation: every label on the given frames becomes a mask prompt for
-        the object with that id (label value = obj_id).
-
-        ``labels`` is a (T, Y, X) label stack (e.g. a napari Labels layer's data; only the given
-        ``frames`` are read) or, with a single frame, a (Y, X) label image of that frame. ``obj_ids``
-        restricts which labels are used (default: all non-zero ones). Everything is checked before the
-        session changes. Returns the object ids that received a prompt, sorted.
-        """
-        frame_list = [frames] if isinstance(frames, (int, np.integer)) else list(frames)
-        frame_list = [self.source.check_index(t) for t in frame_list]
-        masks = label_prompts(labels, frame_list, obj_ids, self.frame_shape, self.num_frames)
-        # A frame's masks go through the SAM heads object_batch_size at a time; each is kept as its crop.
-        apply_mask_prompts(self._runtime, self._objects, masks, self.object_batch_size)
-        return sorted({obj_id for _, obj_id, _ in masks})
-
-    @torch.inference_mode()
-    def segment_all(self, frame: int, options: AutomaticMaskOptions | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> list[int]:
-        """Segment everything SAM 2 finds on ``frame`` (T index) and seed each mask as a new object.
-
-        Runs the automatic mask generator (point grid, batched point prompts, predicted-IoU and stability
-        filtering, box NMS, optional crop layers; the reference's defaults, see
-        :class:`~napari_sam2.engine.automatic.AutomaticMaskOptions`) on the frame, then takes every mask, best
-        first, as a mask prompt of a new object with the next free ids (napari label values); empty masks are
-        left out. Returns those ids; objects already in the session are untouched. ``progress(done, total)`` is called after each
-        batch of point prompts. Masks are bool (Y, X) = (row, col) at the frame's resolution.
-        """
-        frame = self.source.check_index(frame)
-        runtime = self._runtime
-        masks = generate_masks(self.model, self.source.normalized(frame), options,
-                               features=runtime.features.get(frame), autocast=runtime.autocast, progress=progress)
-        first = max(self._objects, default=0) + 1
-        found = [mask for mask in masks if mask.area > 0]  # opened thresholds can let an empty mask through
-        prompts = [(frame, first + i, mask.mask) for i, mask in enumerate(found)]
-        apply_mask_prompts(runtime, self._objects, prompts, self.object_batch_size)
-        return [obj_id for _, obj_id, _ in prompts]
-
-    @torch.inference_mode()
     def restore_prompts(self, prompts: Sequence[tuple[int, int, FramePrompt]]) -> None:
         """Apply ``(frame, obj_id, prompt)`` records in order (e.g. a saved session's prompt history).
 
@@ -451,23 +411,6 @@ class TrackingSession:
             start = self._default_start()
         return [frame for frame, _, _ in visit_plan(self.source.check_index(start), direction, max_frames,
                                                     self.num_frames)]
-
-    # ------------------------------------------------------------------ objects that leave
-    @property
-    def stop_after_absent(self) -> int | None:
-        """Absent frames in a row after which an object stops being tracked (None: never); setting None
-        revives every stopped object."""
-        return self._presence.stop_after_absent
-
-    @stop_after_absent.setter
-    def stop_after_absent(self, value: int | None) -> None:
-        self._presence.set_limit(value)
-
-    def stopped_objects(self) -> list[int]:
-        """Ids of the objects no longer tracked because SAM 2 judged them absent on ``stop_after_absent``
-        frames in a row (in :attr:`obj_ids` order). A new prompt for one revives it (it leaves this list at
-        once); its results up to the stop are kept."""
-        return self._presence.stopped(self._objects)
 
     def _default_start(self) -> int:
         """The earliest prompted frame of any object."""
