@@ -2,7 +2,10 @@
 
 Two kinds of methods. *Work* (``compute_prompt``, ``mask_writes``, ``propagation``, ``replayed``, ``loaded``) runs in a worker thread on the session passed to it and returns
 :class:`FrameWrite` s; it never touches a napari layer or changes the controller's state, so a job whose target went
-away cannot disturb the new one (``replayed`` reads the target, which a job keeps until it has finished). Everything
+away cannot disturb the new one (``replayed`` reads the target, which a job keeps until it has finished). The one
+exception is :attr:`TrackingController.frame_labels`, the engine's last label images by frame and session (see
+:mod:`.frame_labels`): work keeps them there, so that a click re-renders only what it can change. Label images come
+from the engine without dense (objects, Y, X) logits (``FrameOutput.label_image``). Everything
 else runs in the GUI thread: it reads the prompt layers, owns the session and writes results through the
 :class:`~napari_sam2.plugin.labels_writer.LabelsWriter` (undo-able, scoped to the tracked objects, and leaving the
 user's edits exactly as the user left them: see :meth:`TrackingController.apply`).
@@ -19,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.postprocess import labels_from_logits
-from ..engine.session import TrackingSession
+from ..engine.session import FrameOutput, TrackingSession
 from ..engine.session_file import load_session
+from .frame_labels import FrameLabels
 from .label_ids import as_ids, isin_ids
 from .labels_writer import LabelsWriter
 from .prompt_layers import FramePrompts, PromptKey
@@ -34,15 +37,17 @@ class FrameWrite:
 
     ``focus`` is the object a prompt was just given for: it is written as computed. The frame's other objects are
     written too (where objects overlap the higher logit wins) unless the user has edited them there since the engine
-    last wrote them. ``exact`` maps objects whose prompt on this frame is a painted mask to that mask: the layer keeps
-    the user's exact pixels there (the model only sees a 256 x 256 version of it).
+    last wrote them. ``exact`` maps objects whose prompt on this frame is a mask (painted, or seeded) to that mask,
+    as the session keeps it (``FramePrompt.compact_mask``: its bounding-box crop, ``bounds`` (row0, col0, row1, col1)):
+    the layer keeps those exact pixels there (the model only sees a 256 x 256 version of it). ``labels`` may be shared
+    with :class:`~napari_sam2.plugin.frame_labels.FrameLabels`: it is never changed.
     """
 
     frame: int
     obj_ids: tuple[int, ...]
     labels: np.ndarray
     focus: int | None = None
-    exact: Mapping[int, np.ndarray] = field(default_factory=dict)
+    exact: Mapping[int, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class TrackingController:
         self.session: TrackingSession | None = None
         self.writer: LabelsWriter | None = None
         self._sent: dict[PromptKey, FramePrompts] = {}  # what the session was last given from the prompt layers
+        self.frame_labels = FrameLabels()
 
     # ------------------------------------------------------------------ set-up (GUI thread)
 
@@ -71,6 +77,7 @@ class TrackingController:
         self.target = target
         self.session = None
         self._sent.clear()
+        self.frame_labels.clear()
 
     def set_labels_layer(self, layer: Any) -> None:
         """Write into ``layer`` from now on. Its current content is taken as the baseline: only what the user paints
@@ -162,46 +169,56 @@ class TrackingController:
 
     # ------------------------------------------------------------------ work (worker thread, on a given session)
 
-    @staticmethod
-    def compute_prompt(session: TrackingSession, key: PromptKey, prompts: FramePrompts,
+    def compute_prompt(self, session: TrackingSession, key: PromptKey, prompts: FramePrompts,
                        dtype: np.dtype) -> FrameWrite:
         """Give one object's clicks / box on one frame to ``session``; the frame's new labels (that object in focus)."""
         frame, obj_id = key
         if prompts.empty:
             if obj_id not in session.obj_ids or frame not in session.prompted_frames(obj_id):
-                return _frame_write(session, frame, obj_id, dtype)
+                return self.frame_write(session, frame, obj_id, dtype)
             output = session.clear_prompts(frame, obj_id)
         elif prompts.box is not None:
             output = session.add_box(frame, obj_id, prompts.box, prompts.points, prompts.labels)
         else:
             output = session.add_points(frame, obj_id, prompts.points, prompts.labels)
-        _, obj_ids, logits = output
-        return _frame_write(session, frame, obj_id, dtype, (obj_ids, logits))
+        labels = self.frame_labels.after_prompt(session, frame, obj_id, output, dtype)  # only obj_id changed there
+        return _write_of(session, frame, output.obj_ids, labels, focus=obj_id)
 
-    @staticmethod
-    def mask_writes(session: TrackingSession, corrections: list[Correction], dtype: np.dtype) -> Iterator[FrameWrite]:
+    def mask_writes(self, session: TrackingSession, corrections: list[Correction],
+                    dtype: np.dtype) -> Iterator[FrameWrite]:
         """Give painted masks to ``session`` as mask prompts; each frame's new labels once all of that frame's masks
         are in (so that they are written back together, exactly as painted)."""
         by_frame: dict[int, list[Correction]] = {}
         for correction in corrections:
             by_frame.setdefault(correction.frame, []).append(correction)
+        if by_frame:
+            self.frame_labels.clear()
         for frame, painted in sorted(by_frame.items()):
             for correction in painted:
-                _, obj_ids, logits = session.add_mask(frame, correction.obj_id, correction.mask)
-            yield _frame_write(session, frame, None, dtype, (obj_ids, logits))
+                output = session.add_mask(frame, correction.obj_id, correction.mask)
+            yield self._output_write(session, output, dtype)
 
-    @staticmethod
-    def propagation(session: TrackingSession, start: int, direction: str, first: int, last: int,
+    def propagation(self, session: TrackingSession, start: int, direction: str, first: int, last: int,
                     dtype: np.dtype) -> Iterator[FrameWrite]:
         """Track every prompted object from ``start`` over frames ``first..last``, frame by frame."""
+        self.frame_labels.clear()
         for obj_id in session.obj_ids:  # objects whose prompts were all removed cannot be tracked
             if not session.prompted_frames(obj_id):
                 session.remove_object(obj_id)
         for run_start, run_direction, span in _runs(start, direction, first, last):
             with closing(session.propagate(run_start, run_direction, span)) as frames:  # closed here on cancel
-                for frame, obj_ids, logits in frames:
-                    yield FrameWrite(frame, tuple(obj_ids), labels_from_logits(obj_ids, logits, dtype=dtype),
-                                     exact=_mask_prompts(session, frame))
+                for output in frames:
+                    yield self._output_write(session, output, dtype)
+
+    def frame_write(self, session: TrackingSession, frame: int, focus: int | None, dtype: np.dtype) -> FrameWrite:
+        """The current labels of every object of ``session`` on ``frame`` (``focus``: an object just prompted)."""
+        labels = self.frame_labels.store(session, frame, session.label_image(frame).astype(dtype, copy=False))
+        return _write_of(session, frame, session.obj_ids, labels, focus=focus)
+
+    def _output_write(self, session: TrackingSession, output: FrameOutput, dtype: np.dtype) -> FrameWrite:
+        """The labels of a frame the session just returned (without its dense logits)."""
+        labels = self.frame_labels.store(session, output.frame, output.label_image(dtype))
+        return _write_of(session, output.frame, output.obj_ids, labels)
 
     def replayed(self, old: TrackingSession, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
         """A fresh session on the target with ``model`` (contrast limits as last read), given every prompt of ``old``
@@ -210,13 +227,16 @@ class TrackingController:
         history = [(frame, obj_id, prompt) for obj_id in old.obj_ids
                    for frame, steps in old.prompt_history(obj_id).items() for prompt in steps]
         new.restore_prompts(history)
-        return new, _prompted_frame_writes(new, dtype)
+        return new, self._prompted_frame_writes(new, dtype)
 
-    @staticmethod
-    def loaded(path: Any, frames: Any, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
+    def loaded(self, path: Any, frames: Any, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
         """A saved session re-created on ``frames`` (with the intensities saved in the file); its prompted frames."""
         session = load_session(path, frames, model)
-        return session, _prompted_frame_writes(session, dtype)
+        return session, self._prompted_frame_writes(session, dtype)
+
+    def _prompted_frame_writes(self, session: TrackingSession, dtype: np.dtype) -> list[FrameWrite]:
+        frames = sorted({frame for obj_id in session.obj_ids for frame in session.prompted_frames(obj_id)})
+        return [self.frame_write(session, frame, None, dtype) for frame in frames]
 
     def frames_in_run(self, start: int, direction: str, first: int, last: int) -> int:
         """How many frames :meth:`propagation` visits (for the progress bar)."""
@@ -238,17 +258,19 @@ class TrackingController:
             raise RuntimeError("no Labels layer to write into; pick or create one")
         frame = write.frame
         kept = writer.edited_ids(frame, [i for i in write.obj_ids if i != write.focus and i not in write.exact])
-        if write.exact:
+        edited_exact = writer.edited_ids(frame, list(write.exact)) if write.exact else set()
+        if edited_exact:  # painted again since it was given to the session, unless the layer holds it as given
             current = writer.read_frame(frame)
-            kept |= writer.edited_ids(frame, [i for i, mask in write.exact.items()
-                                              if not np.array_equal(current == i, mask)])
+            counts = _label_counts(current, edited_exact)
+            kept |= {i for i in edited_exact if not _holds_exactly(current, i, write.exact[i], counts[i])}
         labels = write.labels
         replaced = kept | set(write.exact)
         if replaced:
             labels = np.where(isin_ids(labels, as_ids(replaced)), 0, labels).astype(labels.dtype, copy=False)
             for obj_id, mask in write.exact.items():
                 if obj_id not in kept:
-                    labels[mask] = obj_id
+                    row0, col0, row1, col1 = mask.bounds
+                    labels[row0:row1, col0:col1][mask.crop] = obj_id
         writer.write_frame(frame, [i for i in write.obj_ids if i not in kept], labels)
         return sorted(kept)
 
@@ -257,34 +279,45 @@ class TrackingController:
         that changed."""
         if self.session is not None and obj_id in self.session.obj_ids:
             self.session.remove_object(obj_id)
+            self.frame_labels.clear()
         for key in [k for k in self._sent if k[1] == obj_id]:
             del self._sent[key]
         return self.writer.clear_object(obj_id) if self.writer is not None else []
 
 
-def _mask_prompts(session: TrackingSession, frame: int) -> dict[int, np.ndarray]:
-    """Objects whose current prompt on ``frame`` is a painted mask, with that mask."""
-    out = {}
-    for obj_id in session.obj_ids:
-        prompt = session.prompts(obj_id).get(frame)
-        if prompt is not None and prompt.mask is not None:
-            out[obj_id] = prompt.mask
-    return out
-
-
-def _frame_write(session: TrackingSession, frame: int, focus: int | None, dtype: np.dtype,
-                 output: tuple[list[int], np.ndarray] | None = None) -> FrameWrite:
-    """The labels of every object on ``frame`` (``output``: the logits a prompt call just returned, not recomputed),
-    with ``focus`` (the object just prompted, if any) in focus."""
-    obj_ids, logits = output if output is not None else session.frame_logits(frame)
-    labels = labels_from_logits(obj_ids, logits, dtype=dtype)
+def _write_of(session: TrackingSession, frame: int, obj_ids: list[int], labels: np.ndarray,
+              focus: int | None = None) -> FrameWrite:
+    """The write of ``labels`` for ``obj_ids`` (and ``focus``, the object just prompted, if any) on ``frame``, with
+    the frame's mask prompts."""
     ids = {*obj_ids} if focus is None else {*obj_ids, focus}
     return FrameWrite(frame, tuple(sorted(ids)), labels, focus=focus, exact=_mask_prompts(session, frame))
 
 
-def _prompted_frame_writes(session: TrackingSession, dtype: np.dtype) -> list[FrameWrite]:
-    frames = sorted({frame for obj_id in session.obj_ids for frame in session.prompted_frames(obj_id)})
-    return [_frame_write(session, frame, None, dtype) for frame in frames]
+def _mask_prompts(session: TrackingSession, frame: int) -> dict[int, Any]:
+    """Objects whose current prompt on ``frame`` is a mask, with that mask as the session keeps it (a crop)."""
+    out = {}
+    for obj_id in session.obj_ids:
+        prompt = session.prompts(obj_id).get(frame)
+        if prompt is not None and prompt.compact_mask is not None:
+            out[obj_id] = prompt.compact_mask
+    return out
+
+
+def _label_counts(plane: np.ndarray, ids: set[int]) -> dict[int, int]:
+    """Pixels of each of ``ids`` in a (Y, X) label plane."""
+    if plane.dtype.kind == "u" and plane.dtype.itemsize <= 2:
+        counts = np.bincount(plane.ravel(), minlength=max(ids) + 1)
+        return {i: int(counts[i]) for i in ids}
+    values, counts = np.unique(plane[isin_ids(plane, as_ids(ids))], return_counts=True)
+    found = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    return {i: found.get(i, 0) for i in ids}
+
+
+def _holds_exactly(plane: np.ndarray, obj_id: int, mask: Any, count: int) -> bool:
+    """Whether ``plane`` holds ``obj_id`` exactly where the compact ``mask`` is True (and nowhere else)."""
+    row0, col0, row1, col1 = mask.bounds
+    inside = plane[row0:row1, col0:col1] == obj_id
+    return count == int(np.count_nonzero(inside)) and np.array_equal(inside, mask.crop)
 
 
 def _runs(start: int, direction: str, first: int, last: int) -> list[tuple[int, str, int]]:

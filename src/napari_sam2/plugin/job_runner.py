@@ -39,10 +39,12 @@ __all__ = ["Job", "JobContext", "JobEnd", "JobRunner"]
 
 
 class JobContext:
-    """Handed to a job's work function (worker thread): whether the job has been asked to stop."""
+    """Handed to a job's work function (worker thread): whether the job has been asked to stop, and a way to report
+    progress of a plain (non-generator) job."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: Callable[[int, int], None] | None = None) -> None:
         self._stop = threading.Event()
+        self._report = report
 
     def cancel(self) -> None:
         self._stop.set()
@@ -54,6 +56,11 @@ class JobContext:
     def should_stop(self) -> bool:
         """The engine's stop check (polled between model blocks by speculative work)."""
         return self._stop.is_set()
+
+    def report(self, done: int, total: int) -> None:
+        """Progress of the work (any thread): handed to the job's ``on_progress`` in the GUI thread, while current."""
+        if self._report is not None:
+            self._report(int(done), int(total))
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,8 @@ class Job:
 
     ``work(context)`` runs in a worker thread: a plain function (its return value goes to ``on_result``) or a
     generator function (each yielded item goes to ``on_item``; it stops at the next item once cancelled).
-    ``on_start`` runs when the job leaves the queue; ``on_item`` / ``on_result`` only while the job is current;
+    ``on_start`` runs when the job leaves the queue; ``on_item`` / ``on_result`` / ``on_progress`` (what the work
+    reported through :meth:`JobContext.report`, as ``(done, total)``) only while the job is current and running;
     ``on_end`` always, last. A ``survives_retire`` job (a model load: it does not use the session) is neither
     cancelled nor dropped by :meth:`JobRunner.retire`, and its result is always delivered.
     """
@@ -84,6 +92,7 @@ class Job:
     on_result: Callable[[Any], None] | None = None
     on_end: Callable[[JobEnd], None] | None = None
     on_start: Callable[[], None] | None = None
+    on_progress: Callable[[int, int], None] | None = None
     speculative: bool = False
     survives_retire: bool = False
     generation: int = -1
@@ -119,6 +128,7 @@ class JobRunner(QObject):
 
     changed = Signal()  # a job started, ended, was queued or dropped: read busy / idle again
     callback_failed = Signal(object)  # a GUI-thread callback of a job raised this exception (the runner goes on)
+    _progressed = Signal(object, int, int)  # (job, done, total), emitted in the worker thread, received in the GUI's
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -127,6 +137,7 @@ class JobRunner(QObject):
         self._running: Job | None = None
         self._worker: GeneratorWorker | None = None
         self._when_idle: list[Callable[[], None]] = []
+        self._progressed.connect(self._on_progress)  # queued: the runner lives in the GUI thread
 
     # ------------------------------------------------------------------ state
 
@@ -209,7 +220,7 @@ class JobRunner(QObject):
         if self._running is not None or not self._queue:
             return
         job = self._queue.popleft()
-        job.context = JobContext()
+        job.context = JobContext(lambda done, total, job=job: self._progressed.emit(job, done, total))
         self._running = job
         if job.on_start is not None:
             self._call(job.on_start)
@@ -233,6 +244,10 @@ class JobRunner(QObject):
     def _on_item(self, job: Job, item: Any) -> None:
         if self._current(job) and job.on_item is not None:
             self._call(job.on_item, item)
+
+    def _on_progress(self, job: Job, done: int, total: int) -> None:
+        if job is self._running and self._current(job) and job.on_progress is not None:
+            self._call(job.on_progress, done, total)
 
     def _on_returned(self, job: Job, outcome: _Outcome) -> None:
         if job is not self._running:

@@ -4,7 +4,8 @@ Axis order and coordinates are napari's: the image layer's leading axes (e.g. (T
 (row, col) = (y, x). All model work goes through one :class:`~napari_sam2.plugin.job_runner.JobRunner`: one job at a
 time, in a napari worker thread, on the session; only the GUI thread writes layers (through the
 :class:`~napari_sam2.plugin.labels_writer.LabelsWriter`, so Undo works and the user's edits are kept), and only for a
-job that is still current. The pieces: :mod:`.widget_layers` (which layers), :mod:`.widget_run` (propagation),
+job that is still current. The pieces: :mod:`.widget_layers` (which layers), :mod:`.widget_objects` (the object list:
+find, jump, show / hide), :mod:`.widget_run` (propagation), :mod:`.widget_population` (segment all, seed from labels),
 :mod:`.widget_files` (sessions, exports), :mod:`.dwell` (encoding ahead while the viewer rests on a frame).
 """
 
@@ -23,13 +24,14 @@ from ..weights import describe_model, load_model, needs_download
 from .controller import Correction, FrameWrite, TrackingController
 from .dwell import DwellPrecompute
 from .job_runner import Job, JobEnd, JobRunner
-from .labels_writer import next_free_label
 from .messages import log_error
-from .prompt_layers import read_prompts, remove_object_prompts, set_prompt_defaults
+from .prompt_layers import read_prompts, set_prompt_defaults
 from .track_target import current_indices
 from .widget_files import FileActions
 from .widget_layers import LayerBinding
 from .widget_layout import CUSTOM_CHECKPOINT, FILE_ACTIONS, build_controls
+from .widget_objects import ObjectActions
+from .widget_population import PopulationActions
 from .widget_run import RunActions, describe_frames
 
 # Shortcut -> (widget method name, what it does); bound on the prompt layers and the output Labels layer.
@@ -49,7 +51,7 @@ def shortcut_help() -> str:
     return "\n".join(f"{key}: {text}" for key, (_, text) in SHORTCUTS.items())
 
 
-class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
+class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActions, FileActions, QWidget):
     """Dock widget over one :class:`~napari_sam2.TrackingSession` (see the user guide, docs/user-guide.md)."""
 
     frame_written = Signal(int)  # a propagation wrote this frame (index along the tracked axis)
@@ -66,6 +68,9 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         self._run = None
         self._old_prompt_layers: list[tuple[Any, Any]] = []  # (image layer, prompt layer) no longer in use
         self._prompt_image: Any = None  # the image layer the current prompt layers belong to
+        self.visibility: Any = None  # the output layer's LabelVisibility (which objects are hidden)
+        self._seeding: Any = None  # the running segment-all / seed-from-labels job's state (widget_population)
+        self.segment_options: Any = None  # AutomaticMaskOptions of "Segment all" (None: the engine's defaults)
         build_controls(self)
         self.setMaximumWidth(WIDGET_WIDTH)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
@@ -87,9 +92,9 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         self.axis_combo.currentIndexChanged.connect(self._on_axis_changed)
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
         self.restart_button.clicked.connect(self.restart_session)
-        self.objects.selected_id.connect(self._on_object_selected)
-        self.new_object_button.clicked.connect(self.new_object)
-        self.remove_object_button.clicked.connect(self.remove_selected_object)
+        self._connect_object_controls()
+        self.segment_all_button.clicked.connect(lambda: self.segment_all())
+        self.seed_labels_button.clicked.connect(lambda: self.seed_from_labels())
         self.negative_check.toggled.connect(self._on_polarity_toggled)
         self.mask_button.clicked.connect(self.use_painted_mask)
         self.propagate_button.clicked.connect(lambda: self.propagate())
@@ -145,7 +150,8 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
                 self._write(write)
 
     def _on_runner_changed(self) -> None:
-        self.propagate_button.setEnabled(not self.runner.busy)
+        for button in (self.propagate_button, self.segment_all_button, self.seed_labels_button):
+            button.setEnabled(not self.runner.busy)
         if not self.runner.busy and self._prompts_dirty:
             QTimer.singleShot(0, self._pump)  # prompts the user gave meanwhile
 
@@ -245,36 +251,6 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
                                 on_end=self._end_busy_job), busy=True)
 
     # ================================================================== objects
-
-    def new_object(self) -> int:
-        """Add an object with the next free label and make it the current one (Shift-N)."""
-        layer = self.labels_layer
-        next_id = max(next_free_label(layer) if layer is not None else 1, max(self.objects.ids, default=0) + 1)
-        self.objects.add_id(next_id)
-        return next_id
-
-    def remove_selected_object(self) -> None:
-        """Remove the current object: its prompts, its results in the session, and its pixels on the tracked plane
-        (one undo step)."""
-        obj_id = self.objects.current_id
-        if obj_id is None:
-            return
-        if self._refuse_while_working("remove the object"):
-            return
-        self.runner.cancel_speculative()
-        frames = self.controller.remove_object(obj_id)
-        for layer in (self.points_layer, self.shapes_layer):
-            remove_object_prompts(layer, obj_id)
-        self.objects.remove_id(obj_id)
-        self._say(f"Removed object {obj_id} ({len(frames)} frame{'s' if len(frames) != 1 else ''} changed; "
-                  "Undo in the Labels layer brings its pixels back).")
-
-    def _on_object_selected(self, obj_id: int) -> None:
-        self._ensure_layers()  # brings back a prompt layer the user removed
-        set_prompt_defaults(self.points_layer, obj_id=obj_id)
-        set_prompt_defaults(self.shapes_layer, obj_id=obj_id)
-        if self.labels_layer is not None:
-            self.labels_layer.selected_label = obj_id
 
     def toggle_click_polarity(self) -> None:
         """Switch new clicks between positive and negative (T)."""
@@ -411,4 +387,6 @@ class SAM2TrackingWidget(LayerBinding, RunActions, FileActions, QWidget):
         self.viewer.layers.events.inserted.disconnect(self._refresh_layer_choices)
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
         self.controller.set_labels_layer(None)
+        if self.visibility is not None:
+            self.visibility.close()
         super().closeEvent(event)

@@ -153,11 +153,8 @@ class LayerBinding:
             self.labels_combo.blockSignals(True)
             self.labels_combo.setCurrentIndex(index)
             self.labels_combo.blockSignals(False)
-        self.objects.clear()
-        self.objects.set_colour_source(layer.get_color)
-        if isinstance(layer.data, np.ndarray):
-            for obj_id in np.unique(layer.data)[1:].tolist():
-                self.objects.add_id(int(obj_id), select=False)
+        present = np.unique(layer.data) if isinstance(layer.data, np.ndarray) else np.zeros(0, dtype=int)
+        self._object_list_for(layer, present[present > 0].tolist())
         self._bind_shortcuts(layer)
         if not self.objects.ids:
             self.new_object()

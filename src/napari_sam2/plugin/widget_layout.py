@@ -11,6 +11,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -42,6 +43,23 @@ def build_controls(widget: Any) -> None:
                                 "recomputed), or the plane the viewer shows of a 4-D or multichannel image.")
 
     w.objects = ObjectList()
+    w.objects.setToolTip("Tick or untick an object to show or hide it in the output Labels layer.")
+    w.find_edit = QLineEdit()
+    w.find_edit.setPlaceholderText("Find object id…")
+    w.find_edit.setClearButtonEnabled(True)
+    w.find_edit.setToolTip("Lists only the ids starting with these digits; Enter selects that object.")
+    w.previous_frame_button = QPushButton("◀ Frame")
+    w.previous_frame_button.setToolTip("Go to the previous frame where the selected object has a mask or a prompt.")
+    w.next_frame_button = QPushButton("Frame ▶")
+    w.next_frame_button.setToolTip("Go to the next frame where the selected object has a mask or a prompt.")
+    w.solo_check = QCheckBox("Only this one")
+    w.solo_check.setToolTip("Show only the selected object in the output Labels layer.")
+    w.segment_all_button = QPushButton("Segment all on this frame")
+    w.segment_all_button.setToolTip("Find every object on the current frame (SAM 2's automatic masks) and add each as "
+                                    "a new object (in the background, with progress and Cancel).")
+    w.seed_labels_button = QPushButton("Seed from labels")
+    w.seed_labels_button.setToolTip("Take every label of the output Labels layer on the current frame that is not an "
+                                    "object yet as a new object's mask prompt (e.g. a segmentation you opened).")
     w.new_object_button = QPushButton("New object")
     w.remove_object_button = QPushButton("Remove object")
     w.negative_check = QCheckBox("Negative clicks (T)")
@@ -70,8 +88,10 @@ def build_controls(widget: Any) -> None:
         ("Model", [("Model", w.model_combo), ("Device", w.device_combo), w.load_button, w.model_label]),
         ("Data", [("Image", w.image_combo), ("Track along", w.axis_combo), ("Output", w.labels_combo),
                   w.target_label, w.restart_button]),
-        ("Objects and prompts", [w.objects, _row(w.new_object_button, w.remove_object_button), w.negative_check,
-                                 w.mask_button]),
+        ("Objects and prompts", [w.find_edit, w.objects,
+                                 _row(w.previous_frame_button, w.next_frame_button, w.solo_check),
+                                 _row(w.new_object_button, w.remove_object_button), w.negative_check, w.mask_button,
+                                 _row(w.segment_all_button, w.seed_labels_button)]),
         ("Propagate", [("Direction", w.direction_combo), ("Frames", _row(w.first_spin, QLabel("to"), w.last_spin)),
                        w.follow_check, _row(w.propagate_button, w.cancel_button), w.progress]),
         ("Session and export", [_row(*(w.file_buttons[t] for t in FILE_ACTIONS[:2])),

@@ -108,9 +108,7 @@ class RunActions:
             self.progress.setValue(run.progress.done)
             self.progress.setFormat(run.progress.text())
             if self.follow_check.isChecked():
-                target = self.controller.target
-                world_axis = self.viewer.dims.ndim - target.layer.ndim + target.track_axis
-                self.viewer.dims.set_current_step(world_axis, write.frame)
+                self.show_frame(write.frame)
         self.frame_written.emit(write.frame)
 
     def _end_run(self, run: _Run, end: JobEnd) -> None:
@@ -141,7 +139,10 @@ class RunActions:
         self._say(f"{run.note} {word}: {written}.{kept}".strip())
 
     def cancel(self) -> None:
-        """Stop the running propagation after the frame being computed; frames written so far stay (Shift-C)."""
+        """Stop the running propagation after the frame being computed; frames written so far stay (Shift-C). Also
+        stops a running segment all / seed from labels (no object of it stays)."""
+        if self.cancel_seeding():
+            return
         run = self._run
         if run is not None and run.job is not None:
             self.runner.cancel_job(run.job)
