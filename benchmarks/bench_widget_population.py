@@ -11,9 +11,13 @@ discs (about 36 pixels across) on frame 0 of a (4, frame, frame) movie; reported
 * per propagated frame: the label image in the worker (``FrameOutput.label_image``, no dense logits) and the write in
   the GUI thread (``TrackingController.apply``), against what the widget did before issue 15 (the dense
   (objects, Y, X) logits, then ``labels_from_logits``);
-* clicks on a tracked frame, from ``Points.add`` until the Labels layer holds the result: a new object and a refining
-  click on it (only the objects under its mask are read), and a click on a tracked object (the whole frame's label
-  image); each with the engine's own time (``add_points``) and the label image's.
+* clicks, from ``Points.add`` until the Labels layer holds the result: on the propagated frame a new object, a refining
+  click on it and a click on a tracked object; on the seeded frame a click on a seeded object. Each with the engine's
+  own time (``add_points``), the whole-frame label image's (``FrameOutput.label_image``: a frame whose labels were
+  not kept) and the window's (``session.label_image(frame, window=...)`` of the union of the object's boxes before
+  and after, with ``session.object_box``), and how it was rendered. With random weights a tracked object's logits
+  are > 0 on most of the frame (every object's are), so its window is nearly the whole frame; seeded cells stay
+  small, as real cells do.
 
 Axis order is napari's (T, Y, X); clicks are (row, col).
 """
@@ -145,20 +149,28 @@ def main() -> None:
 
     engine = Timer()
     engine.wrap(session, "add_points")
+    engine.wrap(session, "label_image", "window")
+    if hasattr(session, "object_box"):
+        engine.wrap(session, "object_box")
     rng = np.random.default_rng(1)
     frame = args.frames
 
     labels = controller.frame_labels
 
-    def timed_click(obj_id: int, yx: tuple[float, float], positive: bool = True) -> tuple[float, float, float, str]:
+    def timed_click(obj_id: int, yx: tuple[float, float], positive: bool = True, on: int = frame) -> tuple:
+        viewer.dims.set_current_step(0, on)
         set_prompt_defaults(widget.points_layer, obj_id=obj_id, positive=positive)
         start = time.perf_counter()
-        widget.points_layer.add(prompt_rows(controller.target, frame, np.asarray([yx], float)))
+        widget.points_layer.add(prompt_rows(controller.target, on, np.asarray([yx], float)))
         wait_idle()
         total = time.perf_counter() - start
-        return total, sum(engine.take("add_points")), sum(timer.take("label_image")), labels.last_render
+        times = (total, sum(engine.take("add_points")), sum(timer.take("label_image")),
+                 sum(engine.take("window")) + sum(engine.take("object_box")), labels.last_render)
+        # The layer holds the engine's labels (the seeded frame: each seeded cell's exact mask instead).
+        assert on == 0 or np.array_equal(np.asarray(layer.data[on]), session.label_image(on)), "labels differ"
+        engine.take("window")
+        return times
 
-    viewer.dims.set_current_step(0, frame)
     rows = []
     new = widget.new_object()
     gap = np.argwhere(np.asarray(layer.data[frame]) == 0)
@@ -169,9 +181,12 @@ def main() -> None:
     seeded = int(np.bincount(plane.ravel(), minlength=args.cells + 1)[1:args.cells + 1].argmax()) + 1
     inside = tuple(np.argwhere(plane == seeded)[0])
     rows.append(("tracked object", timed_click(seeded, inside)))
-    for name, (total, add, whole, how) in rows:
+    cell = args.cells // 2
+    centre = tuple(np.argwhere(seeds == cell).mean(axis=0))
+    rows.append(("seeded object (frame 0)", timed_click(cell, centre, on=0)))
+    for name, (total, add, whole, window, how) in rows:
         print(f"click, {name}: {total * ms:.0f} ms (engine add_points {add * ms:.0f} ms, whole-frame label image "
-              f"{whole * ms:.0f} ms; {how})")
+              f"{whole * ms:.0f} ms, window label image + object box {window * ms:.0f} ms; {how})")
     viewer.close()
 
 

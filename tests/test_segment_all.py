@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from session_support import cells_movie, small_model
 
 from napari_sam2 import AutomaticMaskOptions, TrackingSession
@@ -46,3 +47,33 @@ def test_empty_masks_do_not_become_objects(monkeypatch):
     monkeypatch.setattr(session_module, "generate_masks", lambda *args, **kwargs: found)
     assert session.segment_all(0) == [1]
     assert np.array_equal(session.prompts(1)[0].mask, full)
+
+
+def _two_masks() -> list:
+    from napari_sam2.engine.automatic import AutomaticMask
+
+    masks = []
+    for box in ((20, 10, 30, 25), (50, 40, 60, 70)):
+        mask = np.zeros((96, 80), bool)
+        mask[box[0]:box[2], box[1]:box[3]] = True
+        masks.append(AutomaticMask(mask=CompactMask.of(mask), area=int(mask.sum()), bbox=box, predicted_iou=0.9,
+                                   stability_score=0.9, point=(box[0] + 1.0, box[1] + 1.0), crop_box=(0, 0, 96, 80)))
+    return masks
+
+
+def test_first_id_numbers_the_new_objects_and_is_checked_before_anything_runs(monkeypatch):
+    from napari_sam2.engine import session_population as session_module
+
+    calls = []
+    monkeypatch.setattr(session_module, "generate_masks", lambda *args, **kwargs: calls.append(1) or _two_masks())
+    session = TrackingSession(small_model(), cells_movie(2), contrast_limits=(0, 4000))
+    session.add_points(0, 5, [(30, 25)], [1])
+    assert session.segment_all(0, first_id=np.int64(40)) == [40, 41]
+    assert session.obj_ids == [5, 40, 41] and session.prompts(41)[0].kind == "mask"
+    assert session.segment_all(1) == [42, 43]  # default: above every existing id
+    for bad in (43, 5, 1, 0, -3, 2.5, True, "50", None.__class__):
+        with pytest.raises(ValueError) as error:
+            session.segment_all(1, first_id=bad)
+        assert "\n" not in str(error.value) and "first_id" in str(error.value)
+    assert len(calls) == 2 and session.obj_ids == [5, 40, 41, 42, 43]  # refused before the generator ran
+    assert session.segment_all(1, first_id=44) == [44, 45]

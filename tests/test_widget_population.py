@@ -82,7 +82,10 @@ def test_segment_all_button_writes_new_objects_into_the_labels_layer_in_one_undo
     seen = []
     shown = widget._segment_progress
     widget._segment_progress = lambda done, total: (seen.append((done, total)), shown(done, total))
+    placeholders = []  # the ids come from first_id: no placeholder object is added to push them up
+    widget.controller.ensure_session().add_mask = lambda *args, **kwargs: placeholders.append(args)
     press(qtbot, widget, widget.segment_all_button)
+    assert not placeholders
 
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # progress after each batch of point prompts
     session = widget.controller.session
@@ -122,13 +125,13 @@ def cancel_when(widget, moment: str):
             widget.cancel()
             pressed.set()
 
-    def patched(frame, options=None, progress=None):
+    def patched(frame, options=None, progress=None, first_id=None):
         if moment == "generation":
             def wrapped(done, total):
                 progress(done, total)
                 assert pressed.wait(30)
-            return real(frame, options, progress=wrapped)
-        ids = real(frame, options, progress=progress)
+            return real(frame, options, progress=wrapped, first_id=first_id)
+        ids = real(frame, options, progress=progress, first_id=first_id)
         widget._seeding[1].context.cancel()  # as Cancel does, once the engine has seeded its masks
         return ids
 
@@ -156,11 +159,11 @@ def test_painting_while_segment_all_runs_stays_as_painted(widget, qtbot):
         expected["plane"] = np.array(layer.data[0])
         painted.set()
 
-    def patched(frame, options=None, progress=None):
+    def patched(frame, options=None, progress=None, first_id=None):
         def wrapped(done, total):
             progress(done, total)
             assert painted.wait(30)
-        return real(frame, options, progress=wrapped)
+        return real(frame, options, progress=wrapped, first_id=first_id)
 
     session.segment_all = patched
     widget._segment_progress = paint
@@ -266,20 +269,58 @@ def test_propagation_and_clicks_with_many_objects_write_the_engines_labels(widge
     for t in (1, 2):
         np.testing.assert_array_equal(labels_of(widget)[t], session_labels(widget, t))
 
-    renders = widget.controller.frame_labels.local_renders
+    frame_labels = widget.controller.frame_labels
+    renders = frame_labels.local_renders
     new = widget.new_object()
-    click(widget, 1, (50, 40), obj_id=new)  # a new object: only it and the objects under it are read
+    click(widget, 1, (50, 40), obj_id=new)  # a new object: only the window it can change is rendered
     wait_idle(qtbot, widget)
     click(widget, 1, (30, 20), positive=False, obj_id=new)  # refining it, too
     wait_idle(qtbot, widget)
-    assert widget.controller.frame_labels.local_renders == renders + 2
+    assert frame_labels.local_renders == renders + 2 and frame_labels.last_render.startswith("windows")
     np.testing.assert_array_equal(labels_of(widget)[1], session_labels(widget, 1))
     np.testing.assert_array_equal(labels_of(widget)[1], session.label_image(1))
-    seeded = int(np.bincount(labels_of(widget)[2].ravel())[1:].argmax()) + 1
-    click(widget, 2, tuple(np.argwhere(labels_of(widget)[2] == seeded)[0]), obj_id=seeded)  # an object with pixels
-    wait_idle(qtbot, widget)
-    assert widget.controller.frame_labels.last_render.startswith("whole frame")
-    np.testing.assert_array_equal(labels_of(widget)[2], session_labels(widget, 2))
+    rng = np.random.default_rng(0)
+    for t in (2, 1, 2, 0, 0):  # clicks on objects that have pixels there (tracked, or seeded on frame 0)
+        plane = labels_of(widget)[t]
+        present = np.unique(plane[plane != 0])
+        obj_id = int(rng.choice(present))
+        yx = tuple(np.argwhere(plane == obj_id)[int(rng.integers(np.count_nonzero(plane == obj_id)))])
+        before = frame_labels.local_renders
+        click(widget, t, yx, positive=bool(rng.integers(2)), obj_id=obj_id)
+        wait_idle(qtbot, widget)
+        assert frame_labels.local_renders == before + 1, frame_labels.last_render  # a window, not the whole frame
+        assert session.prompts(obj_id)[t].kind == "points"
+        if t == 0:  # the other seeded objects keep their painted masks exactly
+            np.testing.assert_array_equal(labels_of(widget)[0], expected_seeded_frame(widget, 0, 0 * plane, []))
+        else:
+            np.testing.assert_array_equal(labels_of(widget)[t], session.label_image(t))
+            np.testing.assert_array_equal(labels_of(widget)[t], session_labels(widget, t))
+
+
+def test_frame_labels_after_many_clicks_equal_the_engines_label_image(model):
+    """FrameLabels without the widget: clicks on tracked, seeded and new objects among 60, each rendered in windows of
+    the kept labels, give exactly ``session.label_image`` (and the dense ``labels_from_logits``) every time."""
+    from napari_sam2 import TrackingSession
+    from napari_sam2.plugin.frame_labels import FrameLabels
+
+    session = TrackingSession(model, cells_movie(3), contrast_limits=(0, 4000))
+    session.add_labels(grid_labels(60), 0)
+    kept = FrameLabels()
+    for output in session.propagate(0):
+        kept.store(session, output.frame, output.label_image(np.uint16))
+    rng = np.random.default_rng(4)
+    for step in range(10):
+        frame = int(rng.integers(3))
+        labels = session.label_image(frame)
+        present = np.unique(labels[labels != 0])
+        obj_id = 61 + step if step % 5 == 4 else int(rng.choice(present))  # now and then a new object
+        where = np.argwhere(labels == obj_id) if obj_id in present else np.argwhere(labels >= 0)
+        yx = where[int(rng.integers(len(where)))]
+        output = session.add_points(frame, obj_id, [yx], [int(rng.integers(2))], clear_old_points=bool(step % 2))
+        drawn = kept.after_prompt(session, frame, obj_id, output, np.dtype(np.uint16))
+        assert kept.last_render.startswith("windows"), kept.last_render
+        np.testing.assert_array_equal(drawn, session.label_image(frame), err_msg=f"step {step}: {kept.last_render}")
+        np.testing.assert_array_equal(drawn, labels_from_logits(*session.frame_logits(frame), dtype=np.uint16))
 
 
 def many_objects_widget(make_napari_viewer, model, count: int = 500):

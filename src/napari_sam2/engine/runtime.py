@@ -19,7 +19,7 @@ from .acceleration import autocast, check_finite
 from .compact_logits import LOGIT_FLOOR, CompactLogits
 from .feature_cache import FeatureCache
 from .frames import FrameSource
-from .label_tiles import tiled_label_image
+from .label_tiles import Window, frame_box, reaches, tiled_label_image, window_source
 from .object_state import FrameResult
 from .postprocess import fill_holes
 from .prefetch import FramePrefetcher
@@ -134,7 +134,10 @@ class ModelRuntime:
         present = [i for i, r in enumerate(results) if r is not None]
         if not present:
             return present, None
-        stored = [results[i].compact_logits for i in present]
+        return present, self._filled_stack([results[i].compact_logits for i in present])
+
+    def _filled_stack(self, stored: list[CompactLogits]) -> torch.Tensor:
+        """(n, 1, S/4, S/4) hole-filled logits of stored results on the device (see :meth:`_filled_low_res`)."""
         if all(t.device.type == "cpu" for t in stored):
             # Filled in by numpy in this thread; torch's copies are split across the intra-op threads, which on
             # a busy machine wait for each other (seconds for hundreds of objects).
@@ -146,7 +149,7 @@ class ModelRuntime:
             dense = [t.dense() for t in stored]
             same = all(t.device == dense[0].device for t in dense)
             stack = torch.cat(dense if same else [t.to(self.device) for t in dense], dim=0)
-        return present, self.filled(stack, in_place=True).to(self.device)  # a new stack: filled in place
+        return self.filled(stack, in_place=True).to(self.device)  # a new stack: filled in place
 
     def frame_logits(self, results: list[FrameResult | None]) -> np.ndarray:
         """(n, Y, X) float32 logits at frame resolution (hole-filled); missing results are -1024."""
@@ -164,20 +167,56 @@ class ModelRuntime:
         return StoredFrame(self, results)
 
     @torch.inference_mode()
-    def label_image(self, results: list[FrameResult | None], obj_ids: list[int],
-                    dtype: np.dtype | type) -> np.ndarray:
+    def label_image(self, results: list[FrameResult | None], obj_ids: list[int], dtype: np.dtype | type,
+                    window: Window | None = None) -> np.ndarray:
         """(Y, X) label image of ``dtype`` of one frame, row (y) by column (x): the id of the object with the
         highest hole-filled logit above 0, 0 elsewhere (ties to the first object), as
         ``labels_from_logits(obj_ids, self.frame_logits(results), dtype=dtype)`` up to float rounding at
         exact ties, without the (n, Y, X) logits: resampled in tiles of rows on the device
-        (:mod:`~napari_sam2.engine.label_tiles`). ``results[i]`` is object ``obj_ids[i]``'s (or None)."""
+        (:mod:`~napari_sam2.engine.label_tiles`). ``results[i]`` is object ``obj_ids[i]``'s (or None).
+
+        With ``window`` = (row0, col0, row1, col1) (frame pixels, ends exclusive, already checked), exactly
+        ``label_image(results, obj_ids, dtype)[row0:row1, col0:col1]``: only the objects whose stored logits
+        can be > 0 in the low-resolution pixels that the window reads are hole-filled and resampled, and only
+        there. Objects kept as nothing above their fill (absent ones: -1024 everywhere) are always left out."""
         if len(obj_ids) != len(results):
             raise ValueError(f"{len(results)} results for {len(obj_ids)} object ids")
         frame_shape = (self.source.height, self.source.width)
-        present, low = self._filled_low_res(results)
+        present = [i for i, r in enumerate(results) if r is not None and self._may_label(r.compact_logits)]
+        if window is not None and present:
+            stored = [results[i].compact_logits for i in present]
+            region = window_source(stored[0].shape, frame_shape, window)
+            present = [i for i, hit in zip(present, reaches(stored, region, self.fill_hole_area), strict=True)
+                       if hit]
+        shape = frame_shape if window is None else (window[2] - window[0], window[3] - window[1])
         if not present:
-            return np.zeros(frame_shape, dtype=dtype)
-        return tiled_label_image(low[:, 0], [obj_ids[i] for i in present], frame_shape, dtype)
+            return np.zeros(shape, dtype=dtype)
+        low = self._filled_stack([results[i].compact_logits for i in present])
+        return tiled_label_image(low[:, 0], [obj_ids[i] for i in present], frame_shape, dtype, window=window)
+
+    @torch.inference_mode()
+    def object_box(self, result: FrameResult | None) -> Window | None:
+        """The frame-pixel box (row0, col0, row1, col1), ends exclusive, of the pixels whose resampled,
+        hole-filled logit of ``result`` reads a low-resolution pixel > 0 (or NaN): outside it the object's
+        logits are <= 0, so it labels nothing there. None when there is no result or no such pixel."""
+        if result is None or not self._may_label(result.compact_logits):
+            return None
+        plane = self._filled_stack([result.compact_logits])[0, 0]
+        live = (~(plane <= 0)).cpu().numpy()
+        rows, cols = np.flatnonzero(live.any(axis=1)), np.flatnonzero(live.any(axis=0))
+        if rows.size == 0:
+            return None
+        map_box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+        return frame_box(map_box, tuple(plane.shape), (self.source.height, self.source.width))
+
+    def _may_label(self, logits: CompactLogits) -> bool:
+        """False when stored logits hold nothing but a fill <= 0 (an empty box: e.g. an absent object, -1024
+        everywhere) and hole filling cannot fill the whole plane: then they are <= 0 everywhere, also filled."""
+        h0, w0, h1, w1 = logits.box
+        height, width = logits.shape
+        return (h0 < h1 and w0 < w1) or not logits.fill <= 0 or height * width <= self.fill_hole_area
+
+
 
 
 class StoredFrame:

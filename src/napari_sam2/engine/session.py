@@ -39,6 +39,7 @@ from .compact_logits import LOGIT_FLOOR, check_floor
 from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .label_stack import SessionLabels
+from .label_tiles import check_window
 from .memory_bank import commit_pending_prompts
 from .object_state import FramePrompt, TrackedObject
 from .outputs import FrameOutput, default_label_dtype
@@ -329,15 +330,39 @@ class TrackingSession(PopulationMethods):
         objects = [self._existing(obj_id) for obj_id in ids]
         return ids, self._runtime.frame_logits([obj.latest(frame) for obj in objects])
 
-    def label_image(self, frame: int) -> np.ndarray:
+    def label_image(self, frame: int, window: Sequence[int] | None = None,
+                    obj_ids: Sequence[int] | None = None) -> np.ndarray:
         """(Y, X) label image of a frame from the current results (label = obj_id, 0 = background; where
         objects overlap the highest logit wins, ties to the earlier object). Frames without results are all 0.
 
         Equals ``labels_from_logits(*self.frame_logits(frame), dtype=self.label_dtype)`` (up to float rounding
-        at exact ties) without the (objects, Y, X) logits: tiles of rows are resampled on the model's device."""
+        at exact ties) without the (objects, Y, X) logits: tiles of rows are resampled on the model's device.
+
+        ``window`` = (row0, col0, row1, col1), frame pixels in napari (row, col) = (y, x) order with exclusive
+        ends, gives just that part: ``label_image(frame)[row0:row1, col0:col1]`` exactly, at a cost that follows
+        the window and the objects that can reach it (e.g. to redraw what a click can change, see
+        :meth:`object_box`). A window outside the frame is a ValueError. ``obj_ids`` lets only those objects
+        take part, as if the others were not there (ties still go to the object earlier in :attr:`obj_ids`)."""
         frame = self.source.check_index(frame)
-        results = [self._existing(obj_id).latest(frame) for obj_id in self.obj_ids]
-        return self._runtime.label_image(results, self.obj_ids, self.label_dtype)
+        checked = None if window is None else check_window(window, self.frame_shape)
+        ids = self.obj_ids
+        if obj_ids is not None:
+            chosen = {self._existing(check_obj_id(obj_id)).obj_id for obj_id in obj_ids}
+            ids = [obj_id for obj_id in ids if obj_id in chosen]
+        results = [self._objects[obj_id].latest(frame) for obj_id in ids]
+        return self._runtime.label_image(results, ids, self.label_dtype, window=checked)
+
+    def object_box(self, frame: int, obj_id: int) -> tuple[int, int, int, int] | None:
+        """The box (row0, col0, row1, col1) of frame ``frame``, napari (row, col) = (y, x) pixels with exclusive
+        ends, outside which object ``obj_id``'s current logits there are <= 0 (so it labels no pixel outside it),
+        or None when it has no result there or none > 0.
+
+        Conservative but tight: the frame pixels whose bilinear resampling reads a low-resolution pixel where the
+        hole-filled logits are > 0. The labels a change of this one object can change lie in the union of its
+        boxes before and after (what the napari plugin redraws after a click, with :meth:`label_image`'s
+        ``window``)."""
+        frame = self.source.check_index(frame)
+        return self._runtime.object_box(self._existing(check_obj_id(obj_id)).latest(frame))
 
     @property
     def label_dtype(self) -> np.dtype:

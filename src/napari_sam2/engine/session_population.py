@@ -55,25 +55,38 @@ class PopulationMethods:
 
     @torch.inference_mode()
     def segment_all(self, frame: int, options: AutomaticMaskOptions | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> list[int]:
+                    progress: Callable[[int, int], None] | None = None, first_id: int | None = None) -> list[int]:
         """Segment everything SAM 2 finds on ``frame`` (T index) and seed each mask as a new object.
 
         Runs the automatic mask generator (point grid, batched point prompts, predicted-IoU and stability
         filtering, box NMS, optional crop layers; the reference's defaults, see
         :class:`~napari_sam2.engine.automatic.AutomaticMaskOptions`) on the frame, then takes every mask, best
-        first, as a mask prompt of a new object with the next free ids (napari label values); empty masks are
-        left out. Returns those ids; objects already in the session are untouched. ``progress(done, total)`` is called after each
-        batch of point prompts. Masks are bool (Y, X) = (row, col) at the frame's resolution.
+        first, as a mask prompt of a new object with ids (napari label values) ``first_id``, ``first_id + 1``,
+        ...; empty masks are left out. ``first_id`` defaults to one above every existing object id; one that is
+        not an integer >= 1, or not above every existing id, is a ValueError (checked before anything runs).
+        Returns the new ids; objects already in the session are untouched. ``progress(done, total)`` is called
+        after each batch of point prompts. Masks are bool (Y, X) = (row, col) at the frame's resolution.
         """
         frame = self.source.check_index(frame)
+        first = self._first_new_id(first_id)
         runtime = self._runtime
         masks = generate_masks(self.model, self.source.normalized(frame), options,
                                features=runtime.features.get(frame), autocast=runtime.autocast, progress=progress)
-        first = max(self._objects, default=0) + 1
         found = [mask for mask in masks if mask.area > 0]  # opened thresholds can let an empty mask through
         prompts = [(frame, first + i, mask.mask) for i, mask in enumerate(found)]
         apply_mask_prompts(runtime, self._objects, prompts, self.object_batch_size)
         return [obj_id for _, obj_id, _ in prompts]
+
+    def _first_new_id(self, first_id: int | None) -> int:
+        """The first id of new objects: ``first_id`` checked, or one above every existing id."""
+        top = max(self._objects, default=0)
+        if first_id is None:
+            return top + 1
+        if isinstance(first_id, bool) or not isinstance(first_id, (int, np.integer)) or first_id < 1:
+            raise ValueError(f"first_id must be an integer >= 1, got {first_id!r}")
+        if first_id <= top:
+            raise ValueError(f"first_id {first_id} is not above every existing object id (the largest is {top})")
+        return int(first_id)
 
     # ------------------------------------------------------------------ objects that leave
     @property

@@ -12,9 +12,9 @@ widget does for a job that was cancelled, failed or retired. How cancel works:
 * seed from labels: labels are seeded a batch at a time (progress after each batch); a cancel stops before the next
   batch and the batches already seeded are discarded.
 
-New ids never collide with labels already in the Labels layer: segment all starts at ``first_id`` (the engine takes the
-ids after the session's largest, so a one-pixel placeholder object just below ``first_id`` is held while it runs).
-Label images are (Y, X) = (row, col).
+New ids never collide with labels already in the Labels layer: segment all numbers the new objects from ``first_id`` on
+(``session.segment_all(..., first_id=...)``), which the widget takes above every label of the layer, every object of
+the session and every listed object. Label images are (Y, X) = (row, col).
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ class Seeding:
 
 def segment_frame(controller: TrackingController, seeding: Seeding, first_id: int, dtype: np.dtype,
                   report: Progress, should_stop: StopCheck, options: Any = None) -> FrameWrite | None:
-    """Segment everything on ``seeding.frame`` and seed each mask as a new object with ids from ``first_id`` on;
-    the frame's labels to write, or None when stopped (then nothing was seeded, or :meth:`Seeding.discard` takes it
-    out)."""
+    """Segment everything on ``seeding.frame`` and seed each mask as a new object with ids from ``first_id`` on (or
+    above the session's largest id, should an object have come since); the frame's labels to write, or None when
+    stopped (then nothing was seeded, or :meth:`Seeding.discard` takes it out)."""
     session, frame = seeding.session, seeding.frame
 
     def progress(done: int, total: int) -> None:
@@ -70,18 +70,11 @@ def segment_frame(controller: TrackingController, seeding: Seeding, first_id: in
         report(done, total)
 
     controller.frame_labels.clear()
-    placeholder = first_id - 1 if first_id - 1 > max(session.obj_ids, default=0) else None
-    if placeholder is not None:  # the engine numbers new objects after the largest id it holds
-        dot = np.zeros(session.frame_shape, dtype=bool)
-        dot[0, 0] = True
-        session.add_mask(frame, placeholder, dot)
+    first_id = max(first_id, max(session.obj_ids, default=0) + 1)  # (an object added since the job was planned)
     try:
-        seeding.new_ids = list(session.segment_all(frame, options, progress=progress))
+        seeding.new_ids = list(session.segment_all(frame, options, progress=progress, first_id=first_id))
     except Stopped:
         return None
-    finally:
-        if placeholder is not None:
-            session.remove_object(placeholder)
     if should_stop():
         return None
     return controller.frame_write(session, frame, None, dtype)
