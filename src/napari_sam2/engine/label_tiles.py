@@ -203,13 +203,20 @@ def tiled_label_image(low_res: torch.Tensor, obj_ids: Sequence[int], frame_shape
         banded = _plan(low_res, frame_shape, (row0, row1), bands, tile_bytes)
         if BAND_OVERHEAD * _work(banded) < _work(tiles):
             tiles = banded
-    if on_cpu:
-        found = map_blocks(lambda tile: tile[0].winners(*tile[1:], tile_bytes), tiles)
-    else:
-        found = [resampler.winners(top, bottom, objects, tile_bytes) for resampler, top, bottom, objects in tiles]
     winners = torch.zeros(out_shape, dtype=torch.int32, device=low_res.device)
-    for (resampler, top, bottom, _), tile in zip(tiles, found, strict=True):
-        winners[top - row0:bottom - row0, resampler.cols[0] - col0:resampler.cols[1] - col0] = tile
+
+    def fill(tile: tuple) -> None:
+        # Each tile writes its part at once: small results kept between the tiles' large temporaries would
+        # fragment glibc's heap (peak RSS 570-950 MiB instead of about 60 for 100 whole-frame objects at 2048 px).
+        resampler, top, bottom, objects = tile
+        part = resampler.winners(top, bottom, objects, tile_bytes)
+        winners[top - row0:bottom - row0, resampler.cols[0] - col0:resampler.cols[1] - col0] = part
+
+    if on_cpu:
+        map_blocks(fill, tiles)
+    else:
+        for tile in tiles:
+            fill(tile)
     return table[winners.cpu().numpy()]
 
 
