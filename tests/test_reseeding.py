@@ -319,3 +319,12 @@ def test_objects_judged_absent_by_the_model_stop_and_bad_limits_are_refused(movi
     assert [1, 2] == outputs[2].obj_ids  # still listed, without results
     session.stop_after_absent = None  # stopping turned off revives every object
     assert session.stopped_objects() == []
+
+
+def test_reseed_options_refuse_arrays_and_strings_in_one_line():
+    assert ReseedOptions(frames=np.array([1, 2])).frames is not None
+    with pytest.raises(ValueError, match="re-seeding needs every=K or frames"):
+        ReseedOptions(frames=np.array([], dtype=int))
+    for name in ("new_object_iou", "max_covered"):
+        with pytest.raises(ValueError, match=f"{name} must be a number"):
+            ReseedOptions(every=2, **{name: "0.2"})

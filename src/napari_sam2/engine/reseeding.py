@@ -68,10 +68,14 @@ class ReseedOptions:
         every = self.every
         if every is not None and (isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1):
             raise ValueError(f"reseed every must be None or an integer >= 1 (visited frames), got {every!r}")
-        if every is None and not self.frames:
+        if every is None and (self.frames is None or len(self.frames) == 0):
             raise ValueError("re-seeding needs every=K or frames=[...]: say on which frames to look for new objects")
         if self.labels is not None and self.automatic is not None:
             raise ValueError("give re-seeding labels or automatic mask options, not both")
+        for name in ("new_object_iou", "max_covered"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not 0 < self.new_object_iou <= 1:
             raise ValueError(f"new_object_iou must be in (0, 1], got {self.new_object_iou!r}")
         if not 0 <= self.max_covered <= 1:
@@ -108,7 +112,7 @@ class Reseeder:
                                  f"{labels.dtype}")
 
     def due(self, step: int, frame: int) -> bool:
-        """Whether to re-seed on ``frame``, the ``step``-th frame of the run (0 = its start)."""
+        """Whether to re-seed on ``frame``, ``step`` frames past the start of its pass (0 = the pass's first)."""
         every = self.options.every
         return frame in self.frames or (every is not None and step > 0 and step % every == 0)
 

@@ -153,7 +153,7 @@ class TrackingSession(PopulationMethods):
         """The constructor settings that shape the results (contrast limits as resolved), JSON-friendly."""
         return {"contrast_limits": [self.source.mapping.low, self.source.mapping.high], "rgb": self._rgb,
                 "channel": self._channel, "fill_hole_area": self.fill_hole_area,
-                "stop_after_absent": self.stop_after_absent}
+                "stop_after_absent": self.stop_after_absent, "result_floor": self.result_floor}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -419,7 +419,7 @@ class TrackingSession(PopulationMethods):
                 objects = presence.to_track(self._objects.values(), frame, reverse, pass_start)
                 track_frame(self._runtime, objects, frame, reverse, pass_start, self.object_batch_size)
                 presence.observe(objects, frame, reverse)
-                if reseeder is not None and reseeder.due(step, frame):  # cells that enter, tracked from here
+                if reseeder is not None and reseeder.due(abs(frame - pass_start), frame):  # cells that enter, tracked from here
                     reseeder.reseed(self._runtime, self._objects, frame, reverse, self.object_batch_size)
                 results = [obj.latest(frame) for obj in self._objects.values()]  # None: stopped
                 yield FrameOutput(frame, self.obj_ids, results=self._runtime.frame_results(results))
