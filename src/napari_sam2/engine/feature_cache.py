@@ -2,12 +2,15 @@
 
 Encoding a frame is by far the most expensive step, and the same frame is needed several times in a
 row (a click, then the next click, then propagation); a long movie must still never be held in full.
+A step that needs more frames at once than the cache holds (a tracked frame whose dropped memories are
+re-encoded from their own frames) makes room for them for its duration (:meth:`FeatureCache.holding`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..model.sam2 import ImageFeatures
 
@@ -21,6 +24,7 @@ class FeatureCache:
         self._encode = encode
         self.capacity = capacity
         self._entries: OrderedDict[int, ImageFeatures] = OrderedDict()
+        self._extra = 0  # room made by holding() for the step under way
         self.encodes = 0  # how many frames were encoded (diagnostics and tests)
 
     def get(self, frame: int) -> ImageFeatures:
@@ -41,7 +45,26 @@ class FeatureCache:
         self.encodes += 1
         self._entries[frame] = features
         self._entries.move_to_end(frame)
-        while len(self._entries) > self.capacity:
+        self._trim()
+
+    @contextlib.contextmanager
+    def holding(self, extra: int) -> Iterator[None]:
+        """Make room for ``extra`` more frames while the block runs (up to ``extra`` frames it encodes push
+        out nothing cached); when it ends, the least recently used beyond :attr:`capacity` go.
+
+        For a step that needs more frames than the cache holds (re-encoding dropped memories from their
+        frames, then the frame being tracked): without it, the frame looked at before the step could be
+        pushed out by the step's first frames and be encoded again at its end."""
+        extra = max(0, int(extra))
+        self._extra += extra
+        try:
+            yield
+        finally:
+            self._extra -= extra
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.capacity + self._extra:
             self._entries.popitem(last=False)
 
     def __contains__(self, frame: int) -> bool:

@@ -3,7 +3,10 @@
 An object's conditioning frames (its prompts) and tracked frames each hold a result; memory attention on a
 frame reads the spatial memories of all conditioning frames and of the 6 frames before it in the tracking
 direction, plus object pointers (see :mod:`napari_sam2.model.memory_selection`). Spatial memories of tracked
-frames that the next frames will not read are dropped and re-encoded exactly when a later run needs them.
+frames that the next frames will not read are dropped and re-encoded exactly when a later run needs them:
+before a frame is tracked, all its objects' dropped memories are re-encoded frame by frame, each frame's
+features fetched once and its objects' memories encoded in batches (:func:`restore_memories`), so that a run
+that starts among dropped memories encodes each of their frames once, however many objects it tracks.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ CPU_COMMIT_BATCH = 4
 
 MemoryOf = Callable[[TrackedObject, int, bool], torch.Tensor]  # (object, frame, is conditioning) -> memory
 Layout = tuple[list[MemoryItem], list[tuple[int, torch.Tensor]]]
+# (remembered frame, from a prompt) -> (object, is conditioning, result) of each dropped memory there
+Dropped = dict[tuple[int, bool], list[tuple[TrackedObject, bool, FrameResult]]]
 
 
 def memory_layout(runtime: ModelRuntime, obj: TrackedObject, frame: int, reverse: bool,
@@ -53,12 +58,63 @@ def kept_memory(runtime: ModelRuntime, obj: TrackedObject, frame: int, is_cond: 
     return result.maskmem
 
 
+def dropped_memories(objects: Iterable[TrackedObject], frame: int, reverse: bool) -> Dropped:
+    """The dropped spatial memories that memory attention on ``frame`` reads for ``objects``, by remembered
+    frame and origin (frames in the order the objects read them, objects in their order)."""
+    dropped: Dropped = {}
+    for obj in objects:
+        for t_pos, t in memory_frames(frame, obj.cond, obj.tracked, reverse):
+            is_cond = t_pos == 0
+            result = obj.remembered(t, is_cond)
+            if result.maskmem is None:
+                dropped.setdefault((t, result.from_prompt), []).append((obj, is_cond, result))
+    return dropped
+
+
+def restore_memories(runtime: ModelRuntime, dropped: Dropped, batch_size: int) -> None:
+    """Re-encode and keep the memories of :func:`dropped_memories`, as :func:`kept_memory` would one by one:
+    each frame's features are fetched once, and its results go through the memory encoder ``batch_size`` at a
+    time per origin (prompted frames binarised, tracked ones not: :meth:`ModelRuntime.result_memories`).
+
+    Given the batch size the objects were tracked with, the batches are usually of the size the memories
+    were first encoded in, and the memories come back bit for bit: the CPU's memory encoder rounds a batch
+    of one or two differently from a larger one (re-encoded one by one, as before, memories of a frame
+    tracked with several objects did not always come back bit for bit)."""
+    by_frame: dict[int, list[list[tuple[TrackedObject, bool, FrameResult]]]] = {}
+    for (t, _), entries in dropped.items():
+        by_frame.setdefault(t, []).append(entries)
+    for t, groups in by_frame.items():
+        features = runtime.features.get(t)
+        for entries in groups:
+            for start in range(0, len(entries), batch_size):
+                batch = entries[start:start + batch_size]
+                memories = runtime.result_memories([result for _, _, result in batch], features)
+                for (obj, is_cond, result), memory in zip(batch, memories, strict=True):
+                    result.maskmem = memory
+                    if not is_cond:
+                        obj.resident_memories.add(t)
+
+
+def features_with_memories(runtime: ModelRuntime, objects: Iterable[TrackedObject], frame: int, reverse: bool,
+                           batch_size: int) -> ImageFeatures:
+    """The image features of ``frame``, after re-encoding every dropped memory that attention there reads for
+    ``objects`` (:func:`restore_memories`). The feature cache makes room for the frames of those memories
+    for the step, so that each is encoded once and ``frame``, if it was cached, stays cached."""
+    dropped = dropped_memories(objects, frame, reverse)
+    with runtime.features.holding(len({t for t, _ in dropped})):
+        restore_memories(runtime, dropped, batch_size)
+        return runtime.features.get(frame)
+
+
 def condition(runtime: ModelRuntime, obj: TrackedObject, frame: int, features: ImageFeatures, reverse: bool,
               initial: bool = False, memory_of: MemoryOf | None = None) -> torch.Tensor:
     """Features of ``frame`` fused with this object's memories, or with the no-memory embedding on an
-    ``initial`` frame (the object's first prompt there). Runs under the caller's autocast."""
+    ``initial`` frame (the object's first prompt there). Runs under the caller's autocast. Without
+    ``memory_of``, dropped memories are re-encoded and kept first (:func:`features_with_memories`)."""
     if initial:
         return runtime.model.condition_on_memory(features, [], [], runtime.num_frames)
+    if memory_of is None:
+        features_with_memories(runtime, [obj], frame, reverse, batch_size=1)
     memories, pointers = memory_layout(runtime, obj, frame, reverse, memory_of)
     return runtime.model.condition_on_memory(features, memories, pointers, runtime.num_frames)
 

@@ -16,7 +16,9 @@ values first, as the reference does.
 Under ``torch.compile`` the memory may come padded to a fixed size with a key mask (see
 :mod:`napari_sam2.model.memory_padding`); the CPU-only loops (objects one by one, feed-forward in blocks,
 complex RoPE tables) are then replaced by their plain batched forms, which trace into one graph whatever
-the number of objects.
+the number of objects. A batch of objects whose memories differ in layout comes padded with a key mask per
+object; eager on the CPU, each object then runs on its real keys alone (the masked slots dropped again), so
+that the hand-written kernel gives it the numbers of its own unpadded memory.
 """
 
 from __future__ import annotations
@@ -57,8 +59,11 @@ def sdpa_takes_narrow_values(device_type: str, release: tuple[int, int] = TORCH_
 
 
 def _attention_mask(key_mask: Tensor | None) -> Tensor | None:
-    """A (Nk,) bool key mask (True: attend) as an SDPA mask broadcast to (B, heads, Nq, Nk)."""
-    return None if key_mask is None else key_mask.view(1, 1, 1, -1)
+    """A (Nk,) bool key mask shared by the batch, or a (B, Nk) one per batch entry (True: attend), as an SDPA
+    mask broadcast to (B, heads, Nq, Nk)."""
+    if key_mask is None:
+        return None
+    return key_mask.view(1, 1, 1, -1) if key_mask.dim() == 1 else key_mask[:, None, None, :]
 
 
 class RoPEAttention(Attention):
@@ -136,7 +141,8 @@ class RoPEAttention(Attention):
         """Attend batch-first queries (B, Nq, C) to keys/values (B, Nk, kv_in_dim); returns (B, Nq, C).
 
         Queries with batch 1 are shared by every batch entry of the keys (one frame, several objects).
-        ``key_mask`` (Nk,) bool, shared by the batch, leaves out the keys where it is False (padding).
+        ``key_mask`` (Nk,) bool shared by the batch, or (B, Nk) per batch entry, leaves out the keys where it
+        is False (padding).
         """
         q, k = self._apply_rope(self._split(self.q_proj(q)), self._split(self.k_proj(k)), num_k_exclude_rope)
         if self._folds_values(q, v):
@@ -254,7 +260,8 @@ class MemoryAttentionLayer(nn.Module):
         """Update batch-first tokens ``tgt`` (B, N, d_model) from ``memory`` (B, M, kv_in_dim).
 
         ``pos`` is the memory's position encoding (B, M, kv_in_dim); the last ``num_k_exclude_rope``
-        memory tokens are object pointers and get no RoPE. ``memory_mask`` (M,) bool: False for padding.
+        memory tokens are object pointers and get no RoPE. ``memory_mask`` (M,) or per object (B, M) bool:
+        False for padding.
         """
         return self.attend_memory(self.self_attend(tgt), memory, pos, num_k_exclude_rope, memory_mask)
 
@@ -323,8 +330,8 @@ class MemoryAttention(nn.Module):
             curr_pos: (HW, B, d_model) position encoding of ``curr``; 0.1 x it is added at the input.
             memory_pos: (M, B, 64) position encoding of the memory, added to the cross-attention keys.
             num_obj_ptr_tokens: how many trailing memory tokens are object-pointer tokens (no RoPE).
-            memory_mask: (M,) bool, False for memory tokens to leave out (padding, see memory_padding.py);
-                None: attend to all.
+            memory_mask: (M,) bool, or (B, M) per object, False for memory tokens to leave out (padding, see
+                memory_padding.py); None: attend to all.
 
         Returns:
             (HW, B, d_model) conditioned tokens, sequence-first.
@@ -342,7 +349,7 @@ class MemoryAttention(nn.Module):
         memory = memory.to(x.dtype).transpose(0, 1)
         memory_pos = None if memory_pos is None else memory_pos.to(x.dtype).transpose(0, 1)
         x = x.transpose(0, 1)
-        if _eager_cpu(x) and x.shape[0] == 1 and memory.shape[0] > 1:
+        if _eager_cpu(x) and x.shape[0] == 1 and (memory.shape[0] > 1 or memory_mask is not None):
             x = self._objects_one_by_one(x, memory, memory_pos, num_obj_ptr_tokens, memory_mask)
         else:
             for layer in self.layers:
@@ -355,16 +362,43 @@ class MemoryAttention(nn.Module):
         """One frame (batch 1) against the memories of B objects, on the CPU: the first self-attention once,
         then each object through the rest alone. On two CPU cores, batched (B, tokens, 256) activations cost
         more in memory traffic than batching saves (a 16-object frame was ~10 % slower), while the
-        shared first step is exact and saves one self-attention per object. Batch-first in and out."""
+        shared first step is exact and saves one self-attention per object. Batch-first in and out.
+
+        A ``memory_mask`` that leaves out whole spatial memories and pointer tokens (the padding of
+        memory_padding.py) is applied by dropping those keys (:func:`_own_memory`)."""
         first, *rest = self.layers
         shared = first.self_attend(frame)
         outputs = []
         for b in range(memory.shape[0]):
-            obj_memory = memory[b:b + 1]
-            obj_pos = None if memory_pos is None else memory_pos[b:b + 1]
-            x = first.attend_memory(shared, obj_memory, obj_pos, num_obj_ptr_tokens, memory_mask)
+            obj_memory, obj_pos, num_ptr, obj_mask = _own_memory(memory, memory_pos, memory_mask,
+                                                                 num_obj_ptr_tokens, b, frame.shape[1])
+            x = first.attend_memory(shared, obj_memory, obj_pos, num_ptr, obj_mask)
             for layer in rest:
                 checkpoint()
-                x = layer(x, obj_memory, obj_pos, num_k_exclude_rope=num_obj_ptr_tokens, memory_mask=memory_mask)
+                x = layer(x, obj_memory, obj_pos, num_k_exclude_rope=num_ptr, memory_mask=obj_mask)
             outputs.append(x)
         return torch.cat(outputs)
+
+
+def _own_memory(memory: Tensor, memory_pos: Tensor | None, memory_mask: Tensor | None, num_obj_ptr_tokens: int,
+                b: int, num_queries: int) -> tuple[Tensor, Tensor | None, int, Tensor | None]:
+    """Object ``b``'s (memory, memory_pos, pointer tokens, key mask) from a batch-first memory (B, M, C).
+
+    When the mask (shared (M,) or per object (B, M)) leaves out whole spatial memories (grids of
+    ``num_queries`` tokens) and pointer tokens, those keys are dropped instead: what is left is the memory
+    as an unpadded one holds it, so the unmasked kernels run and give its numbers (the spatial memories
+    left keep their RoPE positions, each repeating the grid; pointers stay the unrotated tail). Any other
+    mask is passed on for the keys to be masked."""
+    obj_memory = memory[b:b + 1]
+    obj_pos = None if memory_pos is None else memory_pos[b:b + 1]
+    if memory_mask is None:
+        return obj_memory, obj_pos, num_obj_ptr_tokens, None
+    keep = memory_mask if memory_mask.dim() == 1 else memory_mask[b]
+    num_spatial_tokens = keep.shape[0] - num_obj_ptr_tokens
+    if num_spatial_tokens % num_queries:
+        return obj_memory, obj_pos, num_obj_ptr_tokens, keep
+    slots = keep[:num_spatial_tokens].view(-1, num_queries)
+    if not bool((slots.all(dim=1) | ~slots.any(dim=1)).all()):
+        return obj_memory, obj_pos, num_obj_ptr_tokens, keep
+    num_ptr = int(keep[num_spatial_tokens:].sum())
+    return obj_memory[:, keep], None if obj_pos is None else obj_pos[:, keep], num_ptr, None
