@@ -98,9 +98,11 @@ def _track_objects(runtime: ModelRuntime, objects: list[TrackedObject], frame: i
 def _track_batch(runtime: ModelRuntime, batch: list[_Member], features: ImageFeatures) -> list[FrameResult]:
     """One batched pass for objects on one frame (members of :func:`_track_objects`)."""
     model = runtime.model
+    uniform = len({key for _, key, _ in batch}) == 1
+    if uniform:  # joined outside autocast: CPU autocast refuses to concatenate bf16 memories under fp16
+        memories, pointers = _stacked(runtime, [layout for _, _, layout in batch])
     with runtime.autocast():
-        if len({key for _, key, _ in batch}) == 1:
-            memories, pointers = _stacked(runtime, [layout for _, _, layout in batch])
+        if uniform:
             conditioned = model.condition_on_memory(features, memories, pointers, runtime.num_frames)
             conditioned = conditioned.expand(len(batch), -1, -1, -1)  # no memories: one no-memory frame for all
         else:
