@@ -142,8 +142,6 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
     encoding them one by one (:meth:`ModelRuntime.result_memory`), equal up to float rounding (a GPU library
     may pick another convolution algorithm for another batch size; on the CPU the tests find them equal
     within one bf16 step)."""
-    if batch_size is None:
-        batch_size = CPU_COMMIT_BATCH if runtime.device.type == "cpu" else COMMIT_BATCH
     objects = list(objects)
     if not objects:
         raise ValueError("no objects to track; add points, a box or a mask first")
@@ -151,6 +149,24 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
     if without:
         raise ValueError(f"object(s) {without} have no prompts left; add a prompt or remove_object() them")
     runtime.plan_storage(objects)
+    encode_pending_memories(runtime, objects, batch_size)
+    for obj in objects:
+        for frame, result in obj.pending.items():
+            obj.cond[frame] = result
+            obj.changed()
+        obj.pending.clear()
+        for frame in obj.cond:
+            obj.tracked.pop(frame, None)
+            obj.resident_memories.discard(frame)
+
+
+def encode_pending_memories(runtime: ModelRuntime, objects: Iterable[TrackedObject],
+                            batch_size: int | None = None) -> None:
+    """Encode the spatial memory of every pending prompt result of ``objects`` that has none yet, frame by
+    frame and origin by origin, ``batch_size`` results per memory-encoder pass (default :data:`COMMIT_BATCH`,
+    or :data:`CPU_COMMIT_BATCH` on the CPU). Storage must be planned first (``runtime.plan_storage``)."""
+    if batch_size is None:
+        batch_size = CPU_COMMIT_BATCH if runtime.device.type == "cpu" else COMMIT_BATCH
     to_encode: dict[tuple[int, bool], list[FrameResult]] = {}  # (frame, from a prompt) -> results
     for obj in objects:
         for frame, result in obj.pending.items():
@@ -162,12 +178,3 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
             batch = results[start:start + batch_size]
             for result, memory in zip(batch, runtime.result_memories(batch, features), strict=True):
                 result.maskmem = memory
-    for obj in objects:
-        for frame, result in obj.pending.items():
-            obj.cond[frame] = result
-            obj.changed()
-        obj.pending.clear()
-        for frame in obj.cond:
-            obj.tracked.pop(frame, None)
-            obj.resident_memories.discard(frame)
-

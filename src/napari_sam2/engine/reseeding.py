@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from .automatic import AutomaticMaskOptions, generate_masks
 from .compact_mask import CompactMask
-from .memory_bank import COMMIT_BATCH, CPU_COMMIT_BATCH
+from .memory_bank import encode_pending_memories
 from .object_state import TrackedObject
 from .prompting import apply_mask_prompts
 from .runtime import ModelRuntime
@@ -74,7 +73,8 @@ class ReseedOptions:
             raise ValueError("give re-seeding labels or automatic mask options, not both")
         for name in ("new_object_iou", "max_covered"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not number:  # a user's mistake: one ValueError line, as for the ranges below
                 raise ValueError(f"{name} must be a number, got {value!r}")
         if not 0 < self.new_object_iou <= 1:
             raise ValueError(f"new_object_iou must be in (0, 1], got {self.new_object_iou!r}")
@@ -111,10 +111,10 @@ class Reseeder:
                 raise ValueError(f"reseed labels must be non-negative integers (0 = background), got dtype "
                                  f"{labels.dtype}")
 
-    def due(self, step: int, frame: int) -> bool:
-        """Whether to re-seed on ``frame``, ``step`` frames past the start of its pass (0 = the pass's first)."""
+    def due(self, distance: int, frame: int) -> bool:
+        """Whether to re-seed on ``frame``, ``distance`` frames past the start of its pass (0: the pass's first)."""
         every = self.options.every
-        return frame in self.frames or (every is not None and step > 0 and step % every == 0)
+        return frame in self.frames or (every is not None and distance > 0 and distance % every == 0)
 
     def candidates(self, runtime: ModelRuntime, frame: int) -> list[CompactMask]:
         """The candidate masks on ``frame``: the label stack's labels (ascending), or the automatic masks
@@ -194,14 +194,7 @@ def commit_new_objects(runtime: ModelRuntime, objects: Objects, fresh: Objects, 
     frame (as ``commit_pending_prompts`` does at a run's start, storage planned for all objects), then add
     them to ``objects``. Nothing changes in ``objects`` before every memory is computed."""
     runtime.plan_storage([*objects.values(), *fresh.values()])
-    results = [obj.pending[frame] for obj in fresh.values()]
-    batch = CPU_COMMIT_BATCH if runtime.device.type == "cpu" else COMMIT_BATCH
-    features = runtime.features.get(frame)
-    memories: list[torch.Tensor] = []
-    for start in range(0, len(results), batch):
-        memories.extend(runtime.result_memories(results[start:start + batch], features))
-    for result, memory in zip(results, memories, strict=True):
-        result.maskmem = memory
+    encode_pending_memories(runtime, fresh.values())
     for obj in fresh.values():
         obj.cond[frame] = obj.pending.pop(frame)
         obj.direction[frame] = reverse

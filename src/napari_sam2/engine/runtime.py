@@ -217,8 +217,6 @@ class ModelRuntime:
         return (h0 < h1 and w0 < w1) or not logits.fill <= 0 or height * width <= self.fill_hole_area
 
 
-
-
 class StoredFrame:
     """One frame's stored results, read on demand (the ``FrameResults`` of
     :class:`~napari_sam2.engine.outputs.FrameOutput`): the FrameResult objects themselves, which later prompts

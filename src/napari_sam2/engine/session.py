@@ -419,7 +419,8 @@ class TrackingSession(PopulationMethods):
                 objects = presence.to_track(self._objects.values(), frame, reverse, pass_start)
                 track_frame(self._runtime, objects, frame, reverse, pass_start, self.object_batch_size)
                 presence.observe(objects, frame, reverse)
-                if reseeder is not None and reseeder.due(abs(frame - pass_start), frame):  # cells that enter, tracked from here
+                # Cells that enter: added after the frame is tracked, tracked themselves from the next frame.
+                if reseeder is not None and reseeder.due(abs(frame - pass_start), frame):
                     reseeder.reseed(self._runtime, self._objects, frame, reverse, self.object_batch_size)
                 results = [obj.latest(frame) for obj in self._objects.values()]  # None: stopped
                 yield FrameOutput(frame, self.obj_ids, results=self._runtime.frame_results(results))
