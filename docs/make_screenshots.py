@@ -15,6 +15,13 @@ workflow, saving one PNG of the whole window per step into docs/images/:
 4. ``04-painted-correction.png``  a correction painted with the Labels brush on a later frame
 5. ``05-repropagated.png``   after propagating again from that frame: the status line names the correction
 6. ``06-tracks.png``         a Tracks layer, and the session / export buttons
+7. ``07-division-review.png``   the Divisions box: a proposal chosen, its frame shown, its two parts previewed
+8. ``08-division-accepted.png`` the proposal accepted: the parent ends, the Tracks layer shows the lineage graph
+
+Steps 7 and 8 (``--only divisions`` makes just those) start from a segmentation of every frame (the sample's
+hidden ground truth stands in for one), given to the session as ``session.add_labels(labels, frames=...)`` does
+from the console, over the frames around the division only (so that the run is short). The proposal found there
+(cell 3 into 8 and 9) comes from that segmentation, not from the model, so it is the same with random weights.
 
 With ``--model`` (a known name such as ``sam2.1_hiera_tiny``, downloaded once, or a checkpoint path) the
 model is loaded through the widget (``SAM2TrackingWidget.load_model``, as the Load model button does).
@@ -53,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "images"),
                         help="folder for the PNGs (default: docs/images next to this script)")
     parser.add_argument("--correction-frame", type=int, default=30, help="frame painted in step 4 (default 30)")
+    parser.add_argument("--only", choices=("all", "divisions"), default="all",
+                        help="make every screenshot (default) or only those of the Divisions box (07, 08)")
     return parser.parse_args(argv)
 
 
@@ -153,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         raise RuntimeError(f"no model loaded: {widget.status.text()}")
     viewer.dims.set_current_step(0, 0)
     viewer.reset_view()
+    if args.only == "divisions":
+        division_screenshots(viewer, widget, shots, truth)
+        viewer.close()
+        print(f"{len(shots.saved)} screenshots in {out}", flush=True)
+        return 0
     shots.shoot("01-model-loaded.png")
 
     # ------------------------------------------------------------- 2. clicks and a box on frame 0
@@ -265,9 +279,60 @@ def main(argv: list[str] | None = None) -> int:
     viewer.dims.set_current_step(0, n_frames - 1)
     shots.shoot("06-tracks.png")
 
+    viewer.layers.remove(tracks_layer)  # step 8 adds one with the lineage graph
+    division_screenshots(viewer, widget, shots, truth)
+
     viewer.close()
     print(f"{len(shots.saved)} screenshots in {out}", flush=True)
     return 0
+
+
+def division_screenshots(viewer, widget, shots: Shooter, truth: np.ndarray) -> None:
+    """Steps 7 and 8: a segmentation of the frames around the division seeded (as ``session.add_labels`` does),
+    propagated with divisions="propose"; the proposal of cell 3 reviewed, then accepted, with a Tracks layer."""
+    from napari_sam2.sample_data import division_frame
+
+    split = division_frame(len(truth))
+    first, last = split - 3, split + 2
+    controller = widget.controller
+    session = controller.ensure_session()
+    session.reset()  # (after steps 1-6: a fresh start; their labels stay on the other frames)
+    widget.objects.clear()
+    widget.objects.add_ids(session.add_labels(truth, frames=range(first, last + 1)))
+    # The seeded frames written as the widget writes a loaded session's prompted frames (one undo step).
+    widget._write_all([controller.frame_write(session, t, None, controller.label_dtype)
+                       for t in range(first, last + 1)])
+    viewer.dims.set_current_step(0, first)
+    widget.propagate("forward", start=first, first=first, last=last, divisions="propose")
+    shots.wait_idle()
+    print("status:", widget.status.text(), flush=True)
+    keys = [(p.frame, p.parent) for p in widget.divisions.proposals]
+    if (split, 3) not in keys:
+        raise RuntimeError(f"no proposal of cell 3 on frame {split}: {keys}")
+    tracks = widget.add_tracks_layer()
+    if tracks is None:
+        raise RuntimeError(f"no Tracks layer: {widget.status.text()}")
+    tracks.tail_length = last - first + 1
+    widget.divisions.select_row(keys.index((split, 3)))  # jump there (centred on it), preview the two parts
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.zoom *= 2.5
+    shots.pump(0.5)
+    shots.shoot("07-division-review.png")
+
+    before = np.array(widget.labels_layer.data)
+    widget.accept_proposal()
+    shots.wait_idle()
+    print("status:", widget.status.text(), flush=True)
+    after = np.asarray(widget.labels_layer.data)
+    if session.lineage().get(8) != 3 or session.lineage().get(9) != 3 or (after[split:] == 3).any():
+        raise RuntimeError(f"the accepted division is not in the lineage or the labels: {session.lineage()}")
+    if tracks.graph.get(8) != [3]:
+        raise RuntimeError(f"the Tracks layer does not show the lineage: {tracks.graph}")
+    if np.array_equal(before, after) and (before[split:] == 3).any():
+        raise RuntimeError("accepting the division wrote nothing")
+    viewer.dims.set_current_step(0, split + 1)
+    widget.scroll.ensureWidgetVisible(widget.undo_lineage_button, 0, 10)
+    shots.shoot("08-division-accepted.png")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,17 @@ import pytest
 from lazy_frames import LazyFrames
 from session_support import cells_movie, small_model
 
-from napari_sam2 import (SessionFileError, TrackingSession, labels_from_logits, load_session, save_session,
-                         tracks_from_labels, write_label_tiff)
+from napari_sam2 import (
+    SessionFileError,
+    TrackingSession,
+    labels_from_logits,
+    load_session,
+    save_session,
+    tracks_from_labels,
+    write_label_tiff,
+)
 from napari_sam2.engine import session as session_module
-from napari_sam2.engine.session_file import decode_mask_rle, encode_mask_rle
+from napari_sam2.engine.session_file import FORMAT_VERSION, decode_mask_rle, encode_mask_rle
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,7 @@ def test_saved_session_reopens_with_identical_prompts_and_results(model, tmp_pat
     path = save_session(original, tmp_path / "cells.session.json")
 
     document = json.loads(path.read_text())  # plain, human-readable JSON
-    assert document["format"] == "napari-sam2 session" and document["version"] == 1
+    assert document["format"] == "napari-sam2 session" and document["version"] == FORMAT_VERSION
     assert document["movie"]["shape"] == [6, 96, 80]
     assert document["model"]["config"] == "sam2.1_hiera_t"
     assert [o["obj_id"] for o in document["objects"]] == [1, 7, 3]

@@ -1,4 +1,4 @@
-"""Headless command line: ``napari-sam2 track`` and ``napari-sam2 models``.
+"""Headless command line: ``napari-sam2 track``, ``napari-sam2 evaluate`` and ``napari-sam2 models``.
 
 Runs on a cluster node without a display: no Qt or napari import. Axis order is napari's: movies are
 (T, Y, X[, C]) (or (Z, Y, X[, C]) to track through a Z-stack); prompt points are (frame, row, col).
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .cli_lineage import add_division_argument, add_evaluate_command, proposals_path, report_divisions
 from .device import mps_fallback_status
 from .engine.acceleration import PRECISIONS, describe_precision
 from .engine.automatic import AutomaticMaskOptions
@@ -79,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                             "become mask prompts on --label-frames; or 'auto' alone: segment everything on the "
                             "--start frame (default 0) and track every mask as an object")
     track.add_argument("--out", type=Path, required=True, metavar="OUTPUT",
-                       help="label TIFF (.tif/.tiff) or a directory for Cell Tracking Challenge results")
+                       help="label TIFF (.tif/.tiff), a GEFF graph with its labels (.geff) or a directory for "
+                            "Cell Tracking Challenge results")
     track.add_argument("--model", default=None, metavar="NAME|PATH",
                        help=f"known model name (downloaded once) or checkpoint file; default {DEFAULT_MODEL}, "
                             "or the session's model")
@@ -98,11 +100,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="fp32 (the reference's numbers), or bf16 / fp16 autocast (faster on GPUs); default: "
                             "bf16 on CUDA GPUs of compute capability 8.0+, fp16 on 7.x, fp32 elsewhere")
     _population_arguments(track)
+    add_division_argument(track)
     track.add_argument("--save-session", type=Path, default=None, metavar="FILE",
                        help="also save the prompts as a session file (.json) to reopen in napari or Python")
     track.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     track.add_argument("--quiet", action="store_true", help="no progress bar")
     track.set_defaults(run=_track)
+
+    add_evaluate_command(commands)
 
     models = commands.add_parser("models", help="list known models, which are downloaded, and where",
                                  description="List the official SAM 2 / 2.1 checkpoints and the local cache.")
@@ -165,9 +170,13 @@ def _iou(text: str) -> float:
 
 
 def _track(args: argparse.Namespace) -> int:
-    out_is_tiff = args.out.suffix.lower() in (".tif", ".tiff")
-    if args.out.exists() and not args.overwrite and (out_is_tiff or any(args.out.iterdir())):
+    out_kind = {".tif": "tiff", ".tiff": "tiff", ".geff": "geff"}.get(args.out.suffix.lower(), "ctc")
+    if args.out.exists() and not args.overwrite and (out_kind != "ctc" or any(args.out.iterdir())):
         raise FileExistsError(f"output {args.out} already exists; choose another --out or pass --overwrite")
+    csv_path = proposals_path(args.out)
+    if args.divisions == "propose" and csv_path.exists() and not args.overwrite:
+        raise FileExistsError(f"division proposals {csv_path} already exist; choose another --out or pass "
+                              "--overwrite")
     movie = open_movie(args.input, axes=args.axes)
     prompts = _read_prompts(args, movie)  # every prompt checked against the movie before the (slow) model load
     reseed = _reseed_options(args, movie)  # so are the re-seeding options
@@ -187,22 +196,31 @@ def _track(args: argparse.Namespace) -> int:
     frames = session.frames_to_visit(args.start, args.direction, args.frames)
     seeded = len(session.obj_ids)
     with _progress_bar(len(frames), movie.axis, disabled=args.quiet) as progress:
-        for _ in session.propagate(args.start, args.direction, args.frames, reseed=reseed):
+        for _ in session.propagate(args.start, args.direction, args.frames, reseed=reseed, divisions=args.divisions):
             progress.update(1)
     if reseed is not None:
         _say(f"re-seeding added {len(session.obj_ids) - seeded} object(s)")
     if args.stop_after_absent is not None:
         _say(f"{len(session.stopped_objects())} object(s) stopped after {args.stop_after_absent} absent frame(s)")
-    labels = session.label_stack()
+    if args.save_session is not None:  # first: the prompts and the lineage are kept even if an output fails
+        save_session(session, args.save_session)
+    report_divisions(args.divisions, session, csv_path, _say)
+    labels, lineage = session.label_stack(), session.lineage()
     axes = f"{movie.axis}YX"
-    if out_is_tiff:
+    if out_kind == "tiff":
         write_label_tiff(args.out, labels, axes=axes, overwrite=args.overwrite)
         written = f"label stack {labels.shape} {np.dtype(labels.dtype).name}, axes {axes}"
+        if lineage:
+            _say(f"warning: a TIFF holds no lineage ({len(lineage)} link(s)); write a CTC folder or a .geff to "
+                 "keep it, or --save-session")
+    elif out_kind == "geff":
+        from .geff_files import write_geff  # geff, zarr and pydantic: only when asked for
+
+        write_geff(args.out, labels, lineage, overwrite=args.overwrite)
+        written = f"GEFF graph and labels {labels.shape}, {len(lineage)} lineage link(s)"
     else:
-        tracks = write_ctc(args.out, labels, max_label=labels.max_label, overwrite=args.overwrite)
+        tracks = write_ctc(args.out, labels, max_label=labels.max_label, overwrite=args.overwrite, parents=lineage)
         written = f"Cell Tracking Challenge results: {len(labels)} masks, {len(tracks)} tracks"
-    if args.save_session is not None:
-        save_session(session, args.save_session)
     _say(f"tracked {len(session.obj_ids)} object(s) over {len(frames)} frame(s); wrote {written} to {args.out}")
     return 0
 

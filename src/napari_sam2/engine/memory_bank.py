@@ -20,12 +20,9 @@ from ..model.sam2 import ImageFeatures, MemoryItem
 from .object_state import FrameResult, TrackedObject
 from .runtime import ModelRuntime
 
-# Memories encoded in one pass when prompts are committed. On a CPU the memory encoder's mask downsampler works
-# on full-resolution activations that leave the caches in large batches: per object a batch of 4 costs what one
-# object does and one of 16 a third more (SAM 2.1 tiny at S = 512, one thread); on an accelerator the batch saves
-# a launch sequence per object.
+# Memories encoded together when prompts are committed: on an accelerator the batch saves a launch sequence per
+# object; a CPU cuts it into passes of runtime.CPU_MEMORY_PASS.
 COMMIT_BATCH = 16
-CPU_COMMIT_BATCH = 4
 
 MemoryOf = Callable[[TrackedObject, int, bool], torch.Tensor]  # (object, frame, is conditioning) -> memory
 Layout = tuple[list[MemoryItem], list[tuple[int, torch.Tensor]]]
@@ -137,8 +134,8 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
     """Encode the memory of every new prompt and make those frames conditioning frames (at the start of a
     propagation). Raises ValueError, before changing anything, when there is nothing to track.
 
-    The memories of prompts on one frame are encoded ``batch_size`` objects at a time (one memory-encoder
-    pass each; default :data:`COMMIT_BATCH`, or :data:`CPU_COMMIT_BATCH` on the CPU): the same computation as
+    The memories of prompts on one frame are encoded ``batch_size`` objects at a time (default
+    :data:`COMMIT_BATCH`; a CPU cuts them into passes of ``runtime.CPU_MEMORY_PASS``): the same computation as
     encoding them one by one (:meth:`ModelRuntime.result_memory`), equal up to float rounding (a GPU library
     may pick another convolution algorithm for another batch size; on the CPU the tests find them equal
     within one bf16 step)."""
@@ -163,10 +160,10 @@ def commit_pending_prompts(runtime: ModelRuntime, objects: Iterable[TrackedObjec
 def encode_pending_memories(runtime: ModelRuntime, objects: Iterable[TrackedObject],
                             batch_size: int | None = None) -> None:
     """Encode the spatial memory of every pending prompt result of ``objects`` that has none yet, frame by
-    frame and origin by origin, ``batch_size`` results per memory-encoder pass (default :data:`COMMIT_BATCH`,
-    or :data:`CPU_COMMIT_BATCH` on the CPU). Storage must be planned first (``runtime.plan_storage``)."""
+    frame and origin by origin, ``batch_size`` results per memory-encoder call (default :data:`COMMIT_BATCH`).
+    Storage must be planned first (``runtime.plan_storage``)."""
     if batch_size is None:
-        batch_size = CPU_COMMIT_BATCH if runtime.device.type == "cpu" else COMMIT_BATCH
+        batch_size = COMMIT_BATCH
     to_encode: dict[tuple[int, bool], list[FrameResult]] = {}  # (frame, from a prompt) -> results
     for obj in objects:
         for frame, result in obj.pending.items():

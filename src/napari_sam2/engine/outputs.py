@@ -45,14 +45,17 @@ class FrameOutput:
     when only the labels are needed). The repr shows the shape and the first objects' areas in pixels.
 
     Build one from dense ``logits``, or from a frame's stored ``results`` (a :class:`FrameResults`).
+    ``divisions``: the division proposals (:class:`~napari_sam2.engine.divisions.DivisionProposal`) that
+    ``propagate`` made on this frame (empty elsewhere).
     """
 
-    __slots__ = ("_logits", "_results", "frame", "obj_ids")
+    __slots__ = ("_logits", "_results", "divisions", "frame", "obj_ids")
 
     def __init__(self, frame: int, obj_ids: list[int], logits: np.ndarray | None = None, *,
-                 results: FrameResults | None = None) -> None:
+                 results: FrameResults | None = None, divisions: tuple[Any, ...] = ()) -> None:
         if (logits is None) == (results is None):
             raise TypeError("FrameOutput takes either dense logits or stored results")
+        self.divisions = tuple(divisions)
         self.frame = frame
         self.obj_ids = obj_ids
         self._logits = logits

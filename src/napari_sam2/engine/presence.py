@@ -80,23 +80,30 @@ class Presence:
         self._absent.clear()
         self._pass = None
 
-    def to_track(self, objects: Iterable[TrackedObject], frame: int, reverse: bool,
-                 pass_start: int) -> list[TrackedObject]:
+    def to_track(self, objects: Iterable[TrackedObject], frame: int, reverse: bool, pass_start: int,
+                 bounds: Mapping[int, tuple[int | None, int | None]] | None = None) -> list[TrackedObject]:
         """The objects to track on ``frame`` (in order). A stopped object reaching one of its prompted frames
         is tracked again from there; the others beyond their stop are left out and lose any older result on
-        ``frame`` (so that it has none)."""
+        ``frame`` (so that it has none). ``bounds`` maps object ids to their lineage span (start, end), T
+        indices inclusive, None unbounded (see :mod:`napari_sam2.engine.lineage`): an object outside its span
+        is left out the same way, whatever its prompts (a prompt is never outside its span)."""
         if self._pass != (reverse, pass_start):  # a new pass counts afresh
             self._pass = (reverse, pass_start)
             self._absent.clear()
         stops = self.stops[reverse]
         active = []
+        bounds = bounds or {}
         for obj in objects:
+            start, end = bounds.get(obj.obj_id, (None, None))
+            outside = (start is not None and frame < start) or (end is not None and frame > end)
             stop = stops.get(obj.obj_id)
             beyond = stop is not None and (frame < stop if reverse else frame > stop)
             if beyond and frame in obj.cond:
                 del stops[obj.obj_id]  # its own prompt says where it is: tracked again from here
                 beyond = False
-            if not beyond:
+            if outside and frame in obj.cond:  # cannot happen through the session's checks: keep the prompt
+                continue
+            if not (beyond or outside):
                 active.append(obj)
                 continue
             had_result = obj.tracked.pop(frame, None) is not None

@@ -100,6 +100,9 @@ class Reseeder:
                                  f"(0..{num_frames - 1})")
             frames.add(int(t))
         self.frames = frames
+        # The last re-seeded frame's candidates that did not become objects (cells that objects cover), for the
+        # "cells" division rule (napari_sam2.engine.division_finder): {frame: masks}.
+        self.segmented: dict[int, list[CompactMask]] = {}
         labels = options.labels
         if labels is not None:
             shape = tuple(getattr(labels, "shape", np.shape(labels)))
@@ -134,8 +137,9 @@ class Reseeder:
         committed mask prompts there; returns their ids (ascending)."""
         results = [obj.latest(frame) for obj in objects.values()]
         indices = runtime.label_image(results, list(range(1, len(results) + 1)), np.uint32)  # object index + 1
-        chosen = new_masks(indices, self.candidates(runtime, frame), self.options.new_object_iou,
-                           self.options.max_covered)
+        candidates = self.candidates(runtime, frame)
+        chosen = new_masks(indices, candidates, self.options.new_object_iou, self.options.max_covered)
+        self.segmented = {frame: [mask for mask in candidates if all(mask is not c for c in chosen)]}
         first = max(objects, default=0) + 1
         prompts = [(frame, first + i, mask) for i, mask in enumerate(chosen)]
         if prompts:

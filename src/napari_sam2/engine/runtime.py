@@ -19,11 +19,19 @@ from .acceleration import autocast, check_finite
 from .compact_logits import LOGIT_FLOOR, CompactLogits
 from .feature_cache import FeatureCache
 from .frames import FrameSource
+from .heap import limit_malloc_arenas
 from .label_tiles import Window, frame_box, reaches, tiled_label_image, window_source
 from .object_state import FrameResult
 from .postprocess import fill_holes
 from .prefetch import FramePrefetcher
 from .storage import Storage
+
+# On a CPU the memory encoder's mask downsampler works on S x S activations that leave the caches in large
+# passes: per mask a pass of 4 costs what one mask alone does and a pass of 16 a third more (SAM 2.1 tiny at
+# S = 512, one thread), and its transient memory grows with the pass (about 12 MiB per mask at S = 512). So a
+# CPU encodes at most this many masks per pass, whatever batch the caller tracked or committed. A batch is
+# always cut the same way, so memories re-encoded later in a batch of the same objects come back bit for bit.
+CPU_MEMORY_PASS = 4
 
 
 class ModelRuntime:
@@ -50,6 +58,7 @@ class ModelRuntime:
         self.image_size = model.image_size
         self.num_frames = source.num_frames
         self.features = FeatureCache(self.encode_frame, capacity=feature_cache_size)
+        limit_malloc_arenas()  # before the prefetcher's and label workers' threads: see engine/heap.py
         self.prefetcher = FramePrefetcher(self.model_input, depth=prefetch_frames)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -94,10 +103,17 @@ class ModelRuntime:
                         binarize: bool) -> list[torch.Tensor]:
         """Spatial memories (1, 64, h, w) of B masks (B, 1, S, S) on a frame, one per object, stored as
         bfloat16 as the reference does (this rounding is part of SAM 2's numerics), where :attr:`storage`
-        puts memories."""
-        with self.autocast():
-            memory = self.model.encode_memory(features.feat, high_res_masks, object_score, binarize=binarize)
-        return self.storage.memories(memory)
+        puts memories. A CPU encodes :data:`CPU_MEMORY_PASS` masks per pass."""
+        step = CPU_MEMORY_PASS if self.device.type == "cpu" else high_res_masks.shape[0]
+        memories: list[torch.Tensor] = []
+        for start in range(0, high_res_masks.shape[0], max(step, 1)):
+            chunk = slice(start, start + step)
+            with self.autocast():
+                memory = self.model.encode_memory(features.feat, high_res_masks[chunk], object_score[chunk],
+                                                  binarize=binarize)
+            memories += self.storage.memories(memory)
+            del memory
+        return memories
 
     def plan_storage(self, objects: list) -> None:
         """Decide where the memories and pointers of ``objects`` go from now on (see :class:`Storage`)."""

@@ -36,10 +36,13 @@ import torch
 from ..model.sam2 import SAM2Model
 from .acceleration import device_capabilities, resolve_precision
 from .compact_logits import LOGIT_FLOOR, check_floor
+from .division_finder import DivisionFinder
+from .divisions import DivisionOptions, DivisionProposal, check_mode
 from .feature_cache import FeatureCache
 from .frames import FrameSource
 from .label_stack import SessionLabels
 from .label_tiles import check_window
+from .lineage import Lineage, LineageError
 from .memory_bank import commit_pending_prompts
 from .object_state import FramePrompt, TrackedObject
 from .outputs import FrameOutput, default_label_dtype
@@ -51,17 +54,19 @@ from .prompting import apply_click_prompt, apply_mask_prompt, apply_mask_prompts
 from .propagation import DIRECTIONS, check_run, track_frame, visit_plan
 from .reseeding import Reseeder, ReseedOptions
 from .runtime import ModelRuntime
+from .session_lineage import LineageMethods
 from .session_population import PopulationMethods
 from .storage import Storage
 
-__all__ = ["DIRECTIONS", "FrameOutput", "ReseedOptions", "TrackingSession", "UnknownObjectError"]
+__all__ = ["DIRECTIONS", "DivisionOptions", "DivisionProposal", "FrameOutput", "LineageError", "ReseedOptions",
+           "TrackingSession", "UnknownObjectError"]
 
 
 class UnknownObjectError(ValueError):
     """An object id that the session does not track."""
 
 
-class TrackingSession(PopulationMethods):
+class TrackingSession(PopulationMethods, LineageMethods):
     """Track objects through a (T, Y, X[, C]) movie with a SAM 2 model.
 
     Parameters
@@ -148,6 +153,7 @@ class TrackingSession(PopulationMethods):
         self._precomputed = ConditionedCache()
         self._rgb, self._channel = rgb, channel
         self._presence = Presence(stop_after_absent)  # which objects stopped being tracked (objects that leave)
+        self._lineage = Lineage()  # parents, spans and division proposals (see session_lineage.py)
 
     def settings(self) -> dict[str, Any]:
         """The constructor settings that shape the results (contrast limits as resolved), JSON-friendly."""
@@ -209,6 +215,7 @@ class TrackingSession(PopulationMethods):
         """
         frame, obj_id = self.source.check_index(frame), check_obj_id(obj_id)
         pts, labs = check_points(points, labels, self.frame_shape, allow_empty=False)
+        self._check_prompt_spans([(frame, obj_id)])
         prompt = click_prompt(self._objects, frame, obj_id, pts, labs, clear_old_points)
         apply_click_prompt(self._runtime, self._objects, self._precomputed, frame, obj_id, prompt)
         return self._output(frame)
@@ -224,6 +231,7 @@ class TrackingSession(PopulationMethods):
         frame, obj_id = self.source.check_index(frame), check_obj_id(obj_id)
         corners = check_box(box, self.frame_shape)
         pts, labs = check_points(points, labels, self.frame_shape, allow_empty=True)
+        self._check_prompt_spans([(frame, obj_id)])
         apply_click_prompt(self._runtime, self._objects, self._precomputed, frame, obj_id,
                            FramePrompt(pts, labs, corners))
         return self._output(frame)
@@ -235,7 +243,9 @@ class TrackingSession(PopulationMethods):
         Replaces the frame's clicks for this object. Returns ``(frame, obj_ids, logits)``.
         """
         frame, obj_id = self.source.check_index(frame), check_obj_id(obj_id)
-        apply_mask_prompt(self._runtime, self._objects, frame, obj_id, check_mask(mask, self.frame_shape))
+        mask = check_mask(mask, self.frame_shape)
+        self._check_prompt_spans([(frame, obj_id)])
+        apply_mask_prompt(self._runtime, self._objects, frame, obj_id, mask)
         return self._output(frame)
 
     @torch.inference_mode()
@@ -250,6 +260,7 @@ class TrackingSession(PopulationMethods):
             frame, obj_id = self.source.check_index(frame), check_obj_id(obj_id)
             check_saved_prompt(prompt, frame, obj_id, self.frame_shape)
             checked.append((frame, obj_id, prompt))
+        self._check_prompt_spans((frame, obj_id) for frame, obj_id, _ in checked)
         # Consecutive mask prompts go through the SAM heads in batches (they do not read earlier results).
         for masks, run in groupby(checked, key=lambda record: record[2].compact_mask is not None):
             if masks:
@@ -278,14 +289,17 @@ class TrackingSession(PopulationMethods):
         return self._output(frame)
 
     def remove_object(self, obj_id: int) -> None:
-        """Forget an object, its prompts and results; other objects are unaffected."""
+        """Forget an object, its prompts and results; other objects are unaffected. Its links go (its parent's
+        end with its last daughter; its daughters keep their start frames) and so do proposals naming it."""
         self._existing(obj_id)
         del self._objects[obj_id]
+        self._lineage.forget(obj_id)
         self._precomputed.clear()
 
     def reset(self) -> None:
-        """Forget every object; cached image features are kept."""
+        """Forget every object, the lineage and the division proposals; cached image features are kept."""
         self._objects.clear()
+        self._lineage.clear()
         self._precomputed.clear()
 
     # ------------------------------------------------------------------ speculative precompute
@@ -381,7 +395,8 @@ class TrackingSession(PopulationMethods):
 
     # ------------------------------------------------------------------ propagation
     def propagate(self, start: int | None = None, direction: str = "forward", max_frames: int | None = None, *,
-                  reseed: ReseedOptions | None = None) -> Iterator[FrameOutput]:
+                  reseed: ReseedOptions | None = None, divisions: str = "propose",
+                  division_options: DivisionOptions | None = None) -> Iterator[FrameOutput]:
         """Track every object through the movie, yielding ``(frame, obj_ids, logits)`` frame by frame.
 
         ``start`` defaults to the earliest prompted frame of any object. ``direction`` is "forward",
@@ -395,16 +410,28 @@ class TrackingSession(PopulationMethods):
         label stack) that no object covers (IoU below ``new_object_iou`` with each, default 0.1) becomes a new
         object with a mask prompt there (the next free ids), tracked from the next frame on; that frame's
         output already includes it. Objects stopped by ``stop_after_absent`` have no result on the frames
-        past their stop (see :meth:`stopped_objects`).
+        past their stop (see :meth:`stopped_objects`); objects are tracked only within their
+        :meth:`object_span`.
+
+        ``divisions``: after each frame of a forward pass, objects that look divided there (their mask split
+        into two parts, or two cells that start there or that re-seeding segmented lie in it; thresholds in
+        ``division_options``, a :class:`~napari_sam2.engine.divisions.DivisionOptions`) are proposed:
+        "propose" (default) lists them in :meth:`division_proposals` and changes nothing, "auto" accepts each
+        at once (the daughters are tracked from the next frame), "off" makes none. Each yielded output's
+        ``divisions`` holds the proposals made on its frame. Backward passes propose nothing.
         """
         check_run(direction, max_frames)
+        check_mode(divisions)
+        if division_options is not None and not isinstance(division_options, DivisionOptions):
+            raise TypeError(f"division_options must be a DivisionOptions, got {type(division_options).__name__}")
         start = None if start is None else self.source.check_index(start)
         reseeder = None if reseed is None else Reseeder(reseed, self.num_frames, self.frame_shape)
-        return self._propagate(start, direction, max_frames, reseeder)
+        finder = None if divisions == "off" else DivisionFinder(division_options)
+        return self._propagate(start, direction, max_frames, reseeder, finder, divisions == "auto")
 
     @torch.inference_mode()  # on a generator function torch enters the mode around each step only
-    def _propagate(self, start: int | None, direction: str, max_frames: int | None,
-                   reseeder: Reseeder | None) -> Iterator[FrameOutput]:
+    def _propagate(self, start: int | None, direction: str, max_frames: int | None, reseeder: Reseeder | None,
+                   finder: DivisionFinder | None, auto: bool) -> Iterator[FrameOutput]:
         # A separate generator so that argument errors above are raised at call time, not on first next().
         presence = self._presence
         presence.begin_run(self._objects)  # before the commit: a new prompt revives a stopped object
@@ -416,14 +443,19 @@ class TrackingSession(PopulationMethods):
             for step, (frame, reverse, pass_start) in enumerate(plan):
                 upcoming = (t for t, _, _ in plan[step + 1:] if t not in self.features)
                 prefetcher.schedule(upcoming, keep=frame)  # read while this frame is tracked
-                objects = presence.to_track(self._objects.values(), frame, reverse, pass_start)
+                objects = presence.to_track(self._objects.values(), frame, reverse, pass_start,
+                                            bounds=self._lineage.spans())
                 track_frame(self._runtime, objects, frame, reverse, pass_start, self.object_batch_size)
                 presence.observe(objects, frame, reverse)
                 # Cells that enter: added after the frame is tracked, tracked themselves from the next frame.
                 if reseeder is not None and reseeder.due(abs(frame - pass_start), frame):
                     reseeder.reseed(self._runtime, self._objects, frame, reverse, self.object_batch_size)
+                found: tuple[DivisionProposal, ...] = ()
+                if finder is not None and not reverse:
+                    tracked = [obj for obj in objects if frame not in obj.cond]
+                    found = self._divisions_on_frame(finder, tracked, frame, reseeder, auto)
                 results = [obj.latest(frame) for obj in self._objects.values()]  # None: stopped
-                yield FrameOutput(frame, self.obj_ids, results=self._runtime.frame_results(results))
+                yield FrameOutput(frame, self.obj_ids, results=self._runtime.frame_results(results), divisions=found)
         finally:  # finished, failed or cancelled: drop what was read ahead
             prefetcher.cancel()
 

@@ -2,7 +2,9 @@
 
 The file holds what the user did, not what the model computed: every object's prompts (points, boxes,
 masks) in napari (row, col) = (y, x) frame coordinates, object ids, intensity and post-processing
-settings, the model's name and the movie's shape. JSON keeps it human-readable and diffable; masks
+settings, the model's name and the movie's shape, and (from version 2) the lineage: links, start frames,
+rejected division proposals and pending ones (their two parts run-length encoded). Version 1 files, without
+a lineage, still load. JSON keeps it human-readable and diffable; masks
 are run-length encoded. Results are not stored: they are recomputed from the prompts (one decoder pass
 per prompted frame on load, ``propagate()`` for the rest), which keeps files small and exact.
 
@@ -25,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import atomic_target
+from .divisions import DivisionProposal
+from .lineage import LineageError, LineageState
 from .object_state import FramePrompt
 from .session import TrackingSession
 
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
     from ..model.sam2 import SAM2Model
 
 FORMAT_NAME = "napari-sam2 session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the lineage (links, start frames, division proposals); 1 still loads
 
 
 class SessionFileError(ValueError):
@@ -58,6 +62,7 @@ def save_session(session: TrackingSession, path: str | os.PathLike) -> Path:
              "prompts": [_frame_to_json(frame, steps) for frame, steps in sorted(session.prompt_history(obj_id).items())]}
             for obj_id in session.obj_ids
         ],
+        "lineage": _lineage_to_json(session.lineage_state()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_target(path) as partial:
@@ -123,7 +128,44 @@ def load_session(path: str | os.PathLike, frames: Any, model: SAM2Model, **optio
                       "they are re-applied from their clicks alone, so those masks can differ slightly from the "
                       "saved session's until you propagate and check them", UserWarning, stacklevel=3)
     session.restore_prompts(prompts)
+    if "lineage" in document:
+        state = _lineage_from_json(document["lineage"], session.frame_shape, path)
+        try:
+            session.restore_lineage(state)
+        except LineageError as exc:
+            raise SessionFileError(f"the lineage in {path} does not fit its objects: {exc}") from exc
     return session
+
+
+def _lineage_to_json(state: LineageState) -> dict[str, Any]:
+    """The lineage as JSON: [child, parent] links, [obj_id, frame] starts, [frame, parent] rejections, and the
+    pending proposals with their parts as run lengths (see :func:`encode_mask_rle`)."""
+    return {
+        "parents": [list(pair) for pair in state.parents],
+        "starts": [list(pair) for pair in state.starts],
+        "rejected": [list(pair) for pair in state.rejected],
+        "proposals": [{"frame": p.frame, "parent": p.parent, "kind": p.kind,
+                       "daughters": None if p.daughters is None else list(p.daughters),
+                       "parts_rle": [encode_mask_rle(part) for part in p.parts]} for p in state.proposals],
+    }
+
+
+def _lineage_from_json(item: Any, frame_shape: tuple[int, int], path: Any) -> LineageState:
+    """Inverse of :func:`_lineage_to_json`; a malformed entry is a SessionFileError naming the file."""
+    try:
+        pairs = {key: tuple((int(a), int(b)) for a, b in item.get(key, [])) for key in ("parents", "starts",
+                                                                                     "rejected")}
+        proposals = tuple(
+            DivisionProposal(int(p["frame"]), int(p["parent"]),
+                             tuple(decode_mask_rle(runs, frame_shape, path) for runs in p["parts_rle"]),
+                             None if p.get("daughters") is None else tuple(int(d) for d in p["daughters"]),
+                             p.get("kind", "split"))
+            for p in item.get("proposals", []))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, SessionFileError):
+            raise
+        raise SessionFileError(f"the lineage in {path} is malformed ({exc}); fix or remove its \"lineage\" entry") from exc
+    return LineageState(pairs["parents"], pairs["starts"], pairs["rejected"], proposals)
 
 
 def _readable_json(value: Any, indent: str = "") -> str:

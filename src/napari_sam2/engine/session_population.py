@@ -8,7 +8,7 @@ napari: label stacks are (T, Y, X), masks (Y, X) = (row, col).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ class PopulationMethods:
     _runtime: ModelRuntime
     _objects: dict[int, TrackedObject]
     _presence: Presence
+    _check_prompt_spans: Callable[[Iterable[tuple[int, int]]], None]  # from the lineage mixin
 
     frame_shape: tuple[int, int]
     num_frames: int
@@ -49,6 +50,7 @@ class PopulationMethods:
         frame_list = [frames] if isinstance(frames, (int, np.integer)) else list(frames)
         frame_list = [self.source.check_index(t) for t in frame_list]
         masks = label_prompts(labels, frame_list, obj_ids, self.frame_shape, self.num_frames)
+        self._check_prompt_spans((frame, obj_id) for frame, obj_id, _ in masks)  # not outside a lineage span
         # A frame's masks go through the SAM heads object_batch_size at a time; each is kept as its crop.
         apply_mask_prompts(self._runtime, self._objects, masks, self.object_batch_size)
         return sorted({obj_id for _, obj_id, _ in masks})

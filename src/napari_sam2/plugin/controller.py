@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,12 +35,13 @@ from .track_target import TargetError, TrackTarget
 class FrameWrite:
     """A label image (Y, X) for ``frame``, to be written for the objects ``obj_ids`` only.
 
-    ``focus`` is the object a prompt was just given for: it is written as computed. The frame's other objects are
+    ``focus`` is the object a prompt was just given for (or the parent of a division): it is written as computed. The frame's other objects are
     written too (where objects overlap the higher logit wins) unless the user has edited them there since the engine
     last wrote them. ``exact`` maps objects whose prompt on this frame is a mask (painted, or seeded) to that mask,
     as the session keeps it (``FramePrompt.compact_mask``: its bounding-box crop, ``bounds`` (row0, col0, row1, col1)):
     the layer keeps those exact pixels there (the model only sees a 256 x 256 version of it). ``labels`` may be shared
-    with :class:`~napari_sam2.plugin.frame_labels.FrameLabels`: it is never changed.
+    with :class:`~napari_sam2.plugin.frame_labels.FrameLabels`: it is never changed. ``divisions`` are the division
+    proposals the session made on this frame (a propagated frame: ``FrameOutput.divisions``).
     """
 
     frame: int
@@ -48,6 +49,7 @@ class FrameWrite:
     labels: np.ndarray
     focus: int | None = None
     exact: Mapping[int, Any] = field(default_factory=dict)
+    divisions: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -199,16 +201,34 @@ class TrackingController:
             yield self._output_write(session, output, dtype)
 
     def propagation(self, session: TrackingSession, start: int, direction: str, first: int, last: int,
-                    dtype: np.dtype) -> Iterator[FrameWrite]:
-        """Track every prompted object from ``start`` over frames ``first..last``, frame by frame."""
+                    dtype: np.dtype, divisions: str = "propose") -> Iterator[FrameWrite]:
+        """Track every prompted object from ``start`` over frames ``first..last``, frame by frame; ``divisions``
+        ("propose", "auto" or "off") is the session's division rule for the run (each write carries the proposals
+        made on its frame)."""
         self.frame_labels.clear()
         for obj_id in session.obj_ids:  # objects whose prompts were all removed cannot be tracked
             if not session.prompted_frames(obj_id):
                 session.remove_object(obj_id)
         for run_start, run_direction, span in _runs(start, direction, first, last):
-            with closing(session.propagate(run_start, run_direction, span)) as frames:  # closed here on cancel
+            runs = session.propagate(run_start, run_direction, span, divisions=divisions)
+            with closing(runs) as frames:  # closed here on cancel
                 for output in frames:
                     yield self._output_write(session, output, dtype)
+
+    def object_writes(self, session: TrackingSession, frames: list[int], obj_ids: list[int], dtype: np.dtype,
+                      focus: int | None = None) -> list[FrameWrite]:
+        """The labels of ``obj_ids`` on ``frames`` as ``session`` has them now (after a lineage step changed their
+        results: the parent of a division ends, its daughters begin); other objects' pixels are not written.
+        ``focus`` (the parent) is written also where the user painted it."""
+        self.frame_labels.clear()
+        ids = as_ids(obj_ids)
+        writes = []
+        for frame in sorted(set(frames)):
+            labels = session.label_image(frame).astype(dtype, copy=False)
+            labels = np.where(isin_ids(labels, ids), labels, 0).astype(dtype, copy=False)
+            exact = {i: mask for i, mask in _mask_prompts(session, frame).items() if i in set(ids.tolist())}
+            writes.append(FrameWrite(frame, tuple(int(i) for i in ids), labels, focus=focus, exact=exact))
+        return writes
 
     def frame_write(self, session: TrackingSession, frame: int, focus: int | None, dtype: np.dtype) -> FrameWrite:
         """The current labels of every object of ``session`` on ``frame`` (``focus``: an object just prompted)."""
@@ -216,17 +236,21 @@ class TrackingController:
         return _write_of(session, frame, session.obj_ids, labels, focus=focus)
 
     def _output_write(self, session: TrackingSession, output: FrameOutput, dtype: np.dtype) -> FrameWrite:
-        """The labels of a frame the session just returned (without its dense logits)."""
+        """The labels of a frame the session just returned (without its dense logits), with its proposals."""
         labels = self.frame_labels.store(session, output.frame, output.label_image(dtype))
-        return _write_of(session, output.frame, output.obj_ids, labels)
+        write = _write_of(session, output.frame, output.obj_ids, labels)
+        divisions = tuple(getattr(output, "divisions", ()) or ())  # (outputs of a prompt carry none)
+        return replace(write, divisions=divisions) if divisions else write
 
     def replayed(self, old: TrackingSession, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
         """A fresh session on the target with ``model`` (contrast limits as last read), given every prompt of ``old``
-        (clicks, boxes and painted masks, in order); with the prompted frames' results."""
+        (clicks, boxes and painted masks, in order) and its lineage (links, spans, proposals); with the prompted
+        frames' results."""
         new = self.new_session(model)
         history = [(frame, obj_id, prompt) for obj_id in old.obj_ids
                    for frame, steps in old.prompt_history(obj_id).items() for prompt in steps]
         new.restore_prompts(history)
+        new.restore_lineage(old.lineage_state())
         return new, self._prompted_frame_writes(new, dtype)
 
     def loaded(self, path: Any, frames: Any, model: Any, dtype: np.dtype) -> tuple[TrackingSession, list[FrameWrite]]:
@@ -283,6 +307,17 @@ class TrackingController:
         for key in [k for k in self._sent if k[1] == obj_id]:
             del self._sent[key]
         return self.writer.clear_object(obj_id) if self.writer is not None else []
+
+    def forget_object(self, obj_id: int) -> None:
+        """Forget ``obj_id`` in the session and the writer without touching the layer's pixels (an undone step
+        that created it: the layer's own undo has taken its pixels back)."""
+        if self.session is not None and obj_id in self.session.obj_ids:
+            self.session.remove_object(obj_id)
+            self.frame_labels.clear()
+        for key in [k for k in self._sent if k[1] == obj_id]:
+            del self._sent[key]
+        if self.writer is not None:
+            self.writer.forget(obj_id)
 
 
 def _write_of(session: TrackingSession, frame: int, obj_ids: list[int], labels: np.ndarray,

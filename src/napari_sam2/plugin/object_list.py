@@ -1,5 +1,6 @@
 """The list of tracked objects in the dock widget: one row per object id, in the Labels layer's colour, with a check box
-that shows or hides the object, and a filter by id. Made for populations: 500 rows are listed in a few milliseconds
+that shows or hides the object, the object's parent when it has one ("object 8 (from 3)"), and a filter by id. Made
+for populations: 500 rows are listed in a few milliseconds
 (ids are kept in a sorted list and a dict of rows; many new ids rebuild the list in one pass)."""
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ObjectList(QListWidget):
         self._ids: list[int] = []  # sorted
         self._items: dict[int, QListWidgetItem] = {}
         self._hidden: set[int] = set()
+        self._parents: dict[int, int] = {}  # child -> parent, shown in the rows' text
         self._filter = ""
         self.currentItemChanged.connect(self._on_current)
         self.itemChanged.connect(self._on_item_changed)
@@ -105,6 +107,27 @@ class ObjectList(QListWidget):
         self.scrollToItem(item)
         return True
 
+    def set_parents(self, parents: dict[int, int]) -> None:
+        """Show each object's parent (``parents``: child id -> parent id, the session's lineage); only rows whose
+        parent changed are touched."""
+        parents = {int(child): int(parent) for child, parent in parents.items()}
+        changed = {i for i in set(parents) | set(self._parents) if parents.get(i) != self._parents.get(i)}
+        self._parents = parents
+        self.blockSignals(True)  # (a text change is no visibility change)
+        try:
+            for obj_id in changed & self._items.keys():
+                self._items[obj_id].setText(self._text(obj_id))
+        finally:
+            self.blockSignals(False)
+
+    def parent_of(self, obj_id: int) -> int | None:
+        """The parent shown for ``obj_id`` (None: it has none)."""
+        return self._parents.get(obj_id)
+
+    def row_text(self, obj_id: int) -> str:
+        """The text of ``obj_id``'s row."""
+        return self._items[obj_id].text()
+
     # ------------------------------------------------------------------ filter and visibility
 
     def filter_ids(self, text: str) -> list[int]:
@@ -143,7 +166,7 @@ class ObjectList(QListWidget):
         return not self._filter or str(obj_id).startswith(self._filter)
 
     def _make_item(self, obj_id: int) -> QListWidgetItem:
-        item = QListWidgetItem(f"object {obj_id}")
+        item = QListWidgetItem(self._text(obj_id))
         item.setData(Qt.UserRole, int(obj_id))
         item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
         item.setCheckState(Qt.Unchecked if obj_id in self._hidden else Qt.Checked)
@@ -151,6 +174,10 @@ class ObjectList(QListWidget):
         self._paint(item)
         self._items[obj_id] = item
         return item
+
+    def _text(self, obj_id: int) -> str:
+        parent = self._parents.get(obj_id)
+        return f"object {obj_id}" if parent is None else f"object {obj_id} (from {parent})"
 
     def _rebuild(self, new: list[int]) -> None:
         """Add many ids at once: every row is made again in order (the current object stays current)."""

@@ -6,7 +6,8 @@ time, in a napari worker thread, on the session; only the GUI thread writes laye
 :class:`~napari_sam2.plugin.labels_writer.LabelsWriter`, so Undo works and the user's edits are kept), and only for a
 job that is still current. The pieces: :mod:`.widget_layers` (which layers), :mod:`.widget_objects` (the object list:
 find, jump, show / hide), :mod:`.widget_run` (propagation), :mod:`.widget_population` (segment all, seed from labels),
-:mod:`.widget_files` (sessions, exports), :mod:`.dwell` (encoding ahead while the viewer rests on a frame).
+:mod:`.widget_files` (sessions, exports, the Tracks layer), :mod:`.widget_lineage` (division proposals, manual
+division, link / unlink), :mod:`.dwell` (encoding ahead while the viewer rests on a frame).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .track_target import current_indices
 from .widget_files import FileActions
 from .widget_layers import LayerBinding
 from .widget_layout import CUSTOM_CHECKPOINT, FILE_ACTIONS, build_controls
+from .widget_lineage import LineageActions
 from .widget_objects import ObjectActions
 from .widget_population import PopulationActions
 from .widget_run import RunActions, describe_frames
@@ -43,6 +45,7 @@ SHORTCUTS = {
     "Shift-B": ("propagate_backward", "propagate backward from this frame"),
     "Shift-A": ("propagate_both", "propagate both ways from this frame"),
     "Shift-C": ("cancel", "cancel the running propagation"),
+    "Escape": ("cancel_division", "cancel the division under way (Divide here)"),
 }
 WIDGET_WIDTH = 330  # pixels: narrow enough to leave the canvas its right side on a laptop screen
 
@@ -51,7 +54,8 @@ def shortcut_help() -> str:
     return "\n".join(f"{key}: {text}" for key, (_, text) in SHORTCUTS.items())
 
 
-class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActions, FileActions, QWidget):
+class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActions, FileActions, LineageActions,
+                         QWidget):
     """Dock widget over one :class:`~napari_sam2.TrackingSession` (see the user guide, docs/user-guide.md)."""
 
     frame_written = Signal(int)  # a propagation wrote this frame (index along the tracked axis)
@@ -71,6 +75,7 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
         self.visibility: Any = None  # the output layer's LabelVisibility (which objects are hidden)
         self._seeding: Any = None  # the running segment-all / seed-from-labels job's state (widget_population)
         self.segment_options: Any = None  # AutomaticMaskOptions of "Segment all" (None: the engine's defaults)
+        self._init_lineage()
         build_controls(self)
         self.setMaximumWidth(WIDGET_WIDTH)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
@@ -93,6 +98,7 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
         self.restart_button.clicked.connect(self.restart_session)
         self._connect_object_controls()
+        self._connect_lineage_controls()
         self.segment_all_button.clicked.connect(lambda: self.segment_all())
         self.seed_labels_button.clicked.connect(lambda: self.seed_from_labels())
         self.negative_check.toggled.connect(self._on_polarity_toggled)
@@ -195,6 +201,7 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
         def done(result: Any) -> None:
             controller.model, (controller.session, writes) = model, result
             self._write_all(writes)
+            self.refresh_lineage()
             self._model_ready()
 
         def end(result: JobEnd) -> None:
@@ -243,6 +250,7 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
         def done(result: Any) -> None:
             controller.session, writes = result
             self._write_all(writes)
+            self.refresh_lineage()
             low, high = target.contrast_limits
             self._say(f"Session restarted with intensities {low:g}..{high:g}; propagate to update other frames.")
 
@@ -334,6 +342,7 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
             note = (" It replaced your painting of that object there (Undo in the Labels layer brings it back)."
                     if painted else " Add clicks, or propagate.")
             self._say(f"Object {obj_id} on frame {frame}: mask updated.{note}")
+            self._after_prompt(frame, obj_id)  # (a manual division waits for its daughters' masks)
 
         def end(result: JobEnd) -> None:
             if not result.started:  # dropped before it ran: the prompt is still to be sent (to the next session)
@@ -369,6 +378,8 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
         def done(writes: list[FrameWrite]) -> None:
             self._write_all(writes)
             self._say(f"Mask prompt used for {describe_frames({c.obj_id: {c.frame} for c in corrections})}.")
+            for correction in corrections:
+                self._after_prompt(correction.frame, correction.obj_id)
 
         return self._submit(Job("painted mask", lambda _: list(controller.mask_writes(session, corrections, dtype)),
                                 on_result=done, on_end=self._end_prompt_job))

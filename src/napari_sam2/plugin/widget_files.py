@@ -1,5 +1,5 @@
 """The dock widget's file actions: save and load a session, export labels (TIFF, Cell Tracking Challenge), add a
-Tracks layer.
+Tracks layer with the session's lineage graph (kept up to date as divisions are curated).
 
 A mixin of :class:`~napari_sam2.plugin.widget.SAM2TrackingWidget`. Exports read the output Labels layer's tracked
 plane, (T, Y, X) with (row, col) = (y, x), one frame at a time. Loading a session retires the running job and
@@ -16,7 +16,8 @@ import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
 from ..engine.session_file import save_session
-from ..exports import tracks_from_labels, write_ctc, write_label_tiff
+from ..exports import lineage_tracks, write_ctc, write_label_tiff
+from ..label_tracks import ParentsError
 from .job_runner import Job
 from .prompt_layers import add_session_prompts, read_prompts, set_prompt_defaults
 
@@ -61,6 +62,7 @@ class FileActions:
             set_prompt_defaults(self.shapes_layer, obj_id=current)
             controller.mark_prompts_sent(read_prompts(controller.target, self.points_layer, self.shapes_layer))
             self._prompts_dirty = False
+            self.refresh_lineage()  # (saved with the session: links, proposals)
             low, high = session.source.mapping.low, session.source.mapping.high
             self._say(f"Session loaded: objects {session.obj_ids}, intensities {low:g}..{high:g} as saved. "
                       "Propagate to track them.")
@@ -82,14 +84,31 @@ class FileActions:
         return write_label_tiff(path, self._label_stack(), overwrite=overwrite)
 
     def export_ctc(self, directory: str | Path, overwrite: bool = False) -> list:
-        """Write the output Labels layer's tracked plane as a Cell Tracking Challenge result folder."""
-        return write_ctc(directory, self._label_stack(), overwrite=overwrite)
+        """Write the output Labels layer's tracked plane as a Cell Tracking Challenge result folder, with the
+        session's lineage as the tracks' parents (``res_track.txt``)."""
+        return write_ctc(directory, self._label_stack(), overwrite=overwrite, parents=self._parents())
+
+    def _parents(self) -> dict[int, int]:
+        session = self.controller.session
+        return session.lineage() if session is not None else {}
+
+    def _tracks_of_labels(self) -> tuple[np.ndarray, dict[int, list[int]], str]:
+        """napari Tracks (data, graph) of the output layer with the session's lineage, and a note when the lineage
+        does not fit the labels (e.g. a daughter erased by hand): then the graph is left out."""
+        labels = self._label_stack()
+        try:
+            data, graph = lineage_tracks(labels, self._parents())
+            return data, graph, ""
+        except ParentsError as error:
+            data, graph = lineage_tracks(labels, {})
+            return data, graph, f" Without the lineage graph: {error}."
 
     def add_tracks_layer(self) -> Any:
-        """Add a napari Tracks layer with each object's centroid (row, col) per frame; the prompt layer stays the
-        active layer, so clicks keep reaching SAM 2."""
+        """Add a napari Tracks layer with each object's centroid (row, col) per frame and the lineage graph (a
+        daughter's track points at its parent's); it follows accepted / rejected divisions, links and unlinks. The
+        prompt layer stays the active layer, so clicks keep reaching SAM 2."""
         try:
-            data = tracks_from_labels(self._label_stack())
+            data, graph, note = self._tracks_of_labels()
         except RuntimeError as error:
             self._fail(error)
             return None
@@ -100,13 +119,29 @@ class FileActions:
         active = self.viewer.layers.selection.active
         scale = np.asarray(target.layer.scale)
         keep = [target.track_axis, target.layer.ndim - 2, target.layer.ndim - 1]
-        layer = self.viewer.add_tracks(data, name=f"{self.labels_layer.name} tracks", scale=scale[keep])
+        layer = self.viewer.add_tracks(data, graph=graph, name=f"{self.labels_layer.name} tracks", scale=scale[keep])
+        self.tracks_layer = layer
         if active is not None and active in self.viewer.layers:
             self._activate(active)
         n_tracks = len(np.unique(data[:, 0]))
         self._say(f"Tracks layer {layer.name!r} added: {n_tracks} track{'s' if n_tracks != 1 else ''}, "
-                  f"{len(data)} points. It updates only when added again.")
+                  f"{len(data)} points, {len(graph)} division link{'s' if len(graph) != 1 else ''}. It follows the "
+                  f"divisions you curate; add it again after propagating.{note}")
         return layer
+
+    def refresh_tracks(self) -> None:
+        """Bring the Tracks layer (if the user still has it) up to date with the labels and the lineage."""
+        layer = self.tracks_layer
+        if layer is None or layer not in self.viewer.layers or self.controller.writer is None:
+            self.tracks_layer = None
+            return
+        data, graph, note = self._tracks_of_labels()
+        if not len(data):
+            return  # (napari's Tracks cannot be emptied; the old tracks stay until there are new ones)
+        layer.data = data  # (resets the graph)
+        layer.graph = graph
+        if note:
+            self._say(note.strip())
 
     # ------------------------------------------------------------------ dialogs
 

@@ -4,32 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from ..weights import DEFAULT_MODEL, KNOWN_MODELS
+from .division_review import DivisionReview
 from .object_list import ObjectList
 
 CUSTOM_CHECKPOINT = "custom checkpoint…"
 DIRECTIONS = ("forward", "backward", "both")
+DIVISION_CHOICES = ("propose", "auto", "off")  # the engine's divisions= modes (propose: listed for review)
 FILE_ACTIONS = ("Save session", "Load session", "TIFF", "CTC", "Tracks layer")
 
 
 def build_controls(widget: Any) -> None:
     """Create every control as an attribute of ``widget`` (model_combo, image_combo, objects, progress, status, ...)
-    and lay them out in group boxes; ``widget.file_buttons`` maps each of FILE_ACTIONS to its button."""
+    and lay them out in group boxes, in a vertical scroll area (``widget.scroll``: the dock fits a short screen) with
+    the status line below it, always in view; ``widget.file_buttons`` maps each of FILE_ACTIONS to its button."""
     w = widget
     w.model_combo = _combo(list(KNOWN_MODELS) + [CUSTOM_CHECKPOINT], DEFAULT_MODEL)
     w.device_combo = _combo(available_devices())
@@ -69,6 +75,10 @@ def build_controls(widget: Any) -> None:
 
     w.direction_combo = _combo(list(DIRECTIONS))
     w.first_spin, w.last_spin = QSpinBox(), QSpinBox()
+    w.division_combo = _combo(list(DIVISION_CHOICES), "propose")
+    w.division_combo.setToolTip("Divisions found while propagating (an object whose mask splits in two, or two "
+                                "cells under one mask): propose them for review, accept them at once, or look for "
+                                "none.")
     w.follow_check = QCheckBox("Follow the frames")
     w.follow_check.setChecked(True)
     w.propagate_button = QPushButton("Propagate from this frame")
@@ -80,10 +90,22 @@ def build_controls(widget: Any) -> None:
     w.progress.setValue(0)
     w.progress.setFormat("")  # empty until something runs
 
+    w.divisions = DivisionReview()
+    w.divide_button = QPushButton("Divide here")
+    w.divide_button.setToolTip("Divide the selected object on this frame: then click (or paint) each of its two "
+                               "daughters; it ends the frame before. Esc or a second press cancels.")
+    w.unlink_button = QPushButton("Unlink")
+    w.unlink_button.setToolTip("Remove the selected object's link to its parent.")
+    w.undo_lineage_button = QPushButton("Undo")
+    w.undo_lineage_button.setToolTip("Undo the last accept, reject, division, link or unlink: the lineage and the "
+                                     "Labels layer's pixels together.")
+    w.undo_lineage_button.setEnabled(False)
+
     w.file_buttons = {text: QPushButton(text) for text in FILE_ACTIONS}
     w.status = _text("Load a model, pick an image, then click on a cell.")
 
-    layout = QVBoxLayout(widget)
+    content = QWidget()
+    layout = QVBoxLayout(content)
     for title, rows in (
         ("Model", [("Model", w.model_combo), ("Device", w.device_combo), w.load_button, w.model_label]),
         ("Data", [("Image", w.image_combo), ("Track along", w.axis_combo), ("Output", w.labels_combo),
@@ -93,7 +115,9 @@ def build_controls(widget: Any) -> None:
                                  _row(w.new_object_button, w.remove_object_button), w.negative_check, w.mask_button,
                                  _row(w.segment_all_button, w.seed_labels_button)]),
         ("Propagate", [("Direction", w.direction_combo), ("Frames", _row(w.first_spin, QLabel("to"), w.last_spin)),
-                       w.follow_check, _row(w.propagate_button, w.cancel_button), w.progress]),
+                       ("Divisions", w.division_combo), w.follow_check, _row(w.propagate_button, w.cancel_button),
+                       w.progress]),
+        ("Divisions", [w.divisions, _row(w.divide_button, w.unlink_button, w.undo_lineage_button)]),
         ("Session and export", [_row(*(w.file_buttons[t] for t in FILE_ACTIONS[:2])),
                                 _row(*(w.file_buttons[t] for t in FILE_ACTIONS[2:]))]),
     ):
@@ -105,8 +129,16 @@ def build_controls(widget: Any) -> None:
             else:
                 form.addRow(row)
         layout.addWidget(box)
-    layout.addWidget(w.status)
     layout.addStretch(1)
+    w.scroll = QScrollArea()
+    w.scroll.setWidget(content)
+    w.scroll.setWidgetResizable(True)
+    w.scroll.setFrameShape(QFrame.Shape.NoFrame)
+    w.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(w.scroll, 1)
+    outer.addWidget(w.status)
 
 
 def _combo(items: list[str] | None = None, current: str | None = None) -> QComboBox:

@@ -40,13 +40,18 @@ class ObjectActions:
         return next_id
 
     def remove_selected_object(self) -> None:
-        """Remove the current object: its prompts, its results in the session, and its pixels on the tracked plane
-        (one undo step)."""
+        """Remove the current object: its prompts, its results in the session, its links to a parent or daughters,
+        and its pixels on the tracked plane (one undo step)."""
         obj_id = self.objects.current_id
-        if obj_id is None:
-            return
+        if obj_id is not None:
+            self.remove_object(obj_id)
+
+    def remove_object(self, obj_id: int, quiet: bool = False) -> bool:
+        """Remove ``obj_id`` (see :meth:`remove_selected_object`); ``quiet`` leaves the status line alone. The
+        lineage follows (the session drops the object's links) and division steps before it can no longer be
+        undone. False when refused (a job is running)."""
         if self._refuse_while_working("remove the object"):
-            return
+            return False
         self.runner.cancel_speculative()
         frames = self.controller.remove_object(obj_id)
         for layer in (self.points_layer, self.shapes_layer):
@@ -54,8 +59,12 @@ class ObjectActions:
         if self.visibility is not None:
             self.visibility.set_hidden([obj_id], hidden=False)
         self.objects.remove_id(obj_id)
-        self._say(f"Removed object {obj_id} ({len(frames)} frame{'s' if len(frames) != 1 else ''} changed; "
-                  "Undo in the Labels layer brings its pixels back).")
+        self._lineage_steps.clear()  # their lineage snapshots hold the removed object
+        self.refresh_lineage()
+        if not quiet:
+            self._say(f"Removed object {obj_id} ({len(frames)} frame{'s' if len(frames) != 1 else ''} changed; "
+                      "Undo in the Labels layer brings its pixels back).")
+        return True
 
     def _on_object_selected(self, obj_id: int) -> None:
         self._ensure_layers()  # brings back a prompt layer the user removed

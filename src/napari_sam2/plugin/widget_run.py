@@ -4,7 +4,9 @@ as it comes, with progress, time left and Cancel.
 A mixin of :class:`~napari_sam2.plugin.widget.SAM2TrackingWidget`. The run is one job of the widget's runner: the
 model works in a worker thread on the session; each frame is written in the GUI thread, leaving alone every object the
 user has edited on that frame meanwhile (those edits are listed at the end and become prompts at the next run). Frames
-written so far stay on Cancel or failure; the whole run is one undo step. Frames are indices along the tracked axis.
+written so far stay on Cancel or failure; the whole run is one undo step. Division proposals (the "Divisions" choice:
+propose, auto or off) are listed as their frames come (:mod:`.widget_lineage`). Frames are indices along the tracked
+axis.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .controller import Correction, FrameWrite
 from .job_runner import Job, JobEnd
 from .run_progress import RunProgress
+from .widget_layout import DIVISION_CHOICES
+from .widget_lineage import describe_proposals, division_writes
 
 
 @dataclass
@@ -28,6 +34,8 @@ class _Run:
     job: Job | None = None
     frames: set[int] = field(default_factory=set)
     kept: dict[int, set[int]] = field(default_factory=dict)  # object -> frames left as the user edited them
+    divisions: str = "propose"
+    proposals: list[Any] = field(default_factory=list)  # the division proposals made by the run, as they came
 
 
 class RunActions:
@@ -43,16 +51,20 @@ class RunActions:
         self.propagate("both")
 
     def propagate(self, direction: str | None = None, start: int | None = None, first: int | None = None,
-                  last: int | None = None) -> Job | None:
+                  last: int | None = None, divisions: str | None = None) -> Job | None:
         """Track every object from ``start`` (default: the current frame) over frames ``first..last`` (default: the
-        range boxes), writing each frame as it comes; painted corrections become mask prompts first. Returns the job
-        (None when nothing was started, and the status line says why)."""
+        range boxes), writing each frame as it comes; painted corrections become mask prompts first. ``divisions``
+        (default: the Divisions choice, "propose") is "propose" (proposals listed for review), "auto" (accepted at
+        once) or "off". Returns the job (None when nothing was started, and the status line says why)."""
         if self.runner.busy or self._retarget_pending:
             self._say(f"Busy ({self.runner.running_name or 'switching the image'}); wait for it or press Cancel.")
             return None
         direction = direction or self.direction_combo.currentText()
+        divisions = divisions or self.division_combo.currentText()
         controller = self.controller
         try:
+            if divisions not in DIVISION_CHOICES:
+                raise ValueError(f"divisions must be one of {', '.join(DIVISION_CHOICES)}, not {divisions!r}")
             if self.labels_layer is None:
                 raise RuntimeError("no output Labels layer; pick or create one")
             start = self.current_frame() if start is None else int(start)
@@ -74,12 +86,19 @@ class RunActions:
         def work(_context: Any):
             for write in controller.mask_writes(session, corrections, dtype):
                 yield "mask", write
-            for write in controller.propagation(session, start, direction, first, last, dtype):
+            made, written = [], {}
+            for write in controller.propagation(session, start, direction, first, last, dtype, divisions):
+                made.extend(write.divisions)
+                if divisions == "auto":  # (the ids on each frame: one pass over its labels, only in "auto")
+                    written[write.frame] = set(np.unique(write.labels).tolist()) - {0}
                 yield "frame", write
+            if made and divisions == "auto":  # accepted at once: the parents end, the daughters begin there
+                for write in division_writes(controller, session, made, written, dtype):
+                    yield "lineage", write
 
         span = {"forward": last - start + 1, "backward": start - first + 1, "both": last - first + 1}[direction]
         total = len({c.frame for c in corrections}) + controller.frames_in_run(start, direction, first, last)
-        run = self._run = _Run(RunProgress(total), note, span)
+        run = self._run = _Run(RunProgress(total), note, span, divisions=divisions)
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.progress.setFormat(run.progress.text())
@@ -100,10 +119,16 @@ class RunActions:
         kind, write = item
         for obj_id in self._write(write):
             run.kept.setdefault(obj_id, set()).add(write.frame)
+        if kind == "lineage":
+            return
         run.progress.step(tracked=kind == "frame")
         if kind != "frame":
             return
         run.frames.add(write.frame)
+        if write.divisions:
+            run.proposals.extend(write.divisions)
+            if run.divisions == "propose" and self._run is run:
+                self._list_new_proposals(write.divisions)  # listed as they come
         if self._run is run:  # (a cancelled run may still deliver its last frame after a new one has started)
             self.progress.setValue(run.progress.done)
             self.progress.setFormat(run.progress.text())
@@ -123,6 +148,7 @@ class RunActions:
         if not end.current:
             self._reset_progress()
             return
+        self.lineage_after_run(run.divisions, run.proposals)
         written = f"{len(run.frames)} of {run.range_frames} frames written in {run.progress.elapsed:.1f} s"
         kept = ""
         pending = _still_pending(run.writer, run.kept)  # (a later write of the run may have taken an edit)
@@ -136,7 +162,7 @@ class RunActions:
             return
         word = "Cancelled" if end.status == "cancelled" else "Done"
         self.progress.setFormat(f"{word}: {run.progress.done}/{run.progress.total} steps")
-        self._say(f"{run.note} {word}: {written}.{kept}".strip())
+        self._say(f"{run.note} {word}: {written}.{kept}{describe_proposals(run.divisions, run.proposals)}".strip())
 
     def cancel(self) -> None:
         """Stop the running propagation after the frame being computed; frames written so far stay (Shift-C). Also
