@@ -34,7 +34,6 @@ frame counts is dominated by noise (allocator, transient activations); use a few
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import subprocess
@@ -47,6 +46,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+
+from napari_sam2.engine.heap import release_free_heap  # re-exported for the other benchmarks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # shared with the parity tests
 
@@ -66,14 +67,6 @@ def proc_status_kib(*fields: str) -> dict[str, int]:
             if name in fields:
                 values[name] = int(rest.split()[0])
     return values
-
-
-def release_free_heap() -> None:
-    """Give free heap memory back to the kernel (glibc), so that reusing it later shows up as growth."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def reset_peak_rss() -> bool:

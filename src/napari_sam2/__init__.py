@@ -3,6 +3,7 @@
 Scripting entry points::
 
     from napari_sam2 import load_model, TrackingSession, labels_from_logits, save_session, load_session
+    from napari_sam2 import track_many  # many movies on dask.distributed (a sheet of movies and prompts)
 
 Axis order and coordinates follow napari: movies are (T, Y, X[, C]); points are (row, col) = (y, x).
 """
@@ -49,6 +50,7 @@ _EXPORTS = {
     "WeightsError": ".weights",
     "describe_model": ".weights",
     "load_model": ".weights",
+    "track_many": ".batch_run",
 }
 
 
@@ -90,6 +92,7 @@ __all__ = [
     "load_session",
     "read_geff",
     "save_session",
+    "track_many",
     "tracks_from_labels",
     "write_ctc",
     "write_geff",

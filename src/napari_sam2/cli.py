@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .cli_batch import add_batch_command
 from .cli_lineage import add_division_argument, add_evaluate_command, proposals_path, report_divisions
 from .device import mps_fallback_status
 from .engine.acceleration import PRECISIONS, describe_precision
@@ -69,10 +70,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam2", description="SAM 2 / SAM 2.1 tracking for microscopy movies")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    track = commands.add_parser(
-        "track", help="track objects through a movie from prompts and write labels",
-        description="Track objects through a (T, Y, X[, C]) movie (or a (Z, Y, X[, C]) stack, along Z) from "
-                    "click / mask prompts, and write the label stack as TIFF or in Cell Tracking Challenge format.")
+    track = commands.add_parser("track", help="track objects through a movie from prompts and write labels",
+                                description=TRACK_DESCRIPTION)
+    _track_arguments(track)
+
+    add_evaluate_command(commands)
+    add_batch_command(commands)
+
+    models = commands.add_parser("models", help="list known models, which are downloaded, and where",
+                                 description="List the official SAM 2 / 2.1 checkpoints and the local cache.")
+    models.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache folder (default: $NAPARI_SAM2_CACHE or the user cache folder)")
+    models.set_defaults(run=_models)
+    return parser
+
+
+TRACK_DESCRIPTION = ("Track objects through a (T, Y, X[, C]) movie (or a (Z, Y, X[, C]) stack, along Z) from "
+                     "click / mask prompts, and write the label stack as TIFF or in Cell Tracking Challenge format.")
+
+
+def _track_arguments(track: argparse.ArgumentParser) -> None:
+    """The options of ``napari-sam2 track`` (shared by the command and :func:`track_movie`)."""
     track.add_argument("input", type=Path, help="movie: TIFF / OME-TIFF, .npy or zarr store, axes (T, Y, X[, C])")
     track.add_argument("--prompts", type=Path, nargs="+", required=True, metavar="PROMPTS",
                        help="napari Points CSV (columns axis-0..2 = frame, row, col; features positive, obj_id), "
@@ -106,15 +124,6 @@ def _parser() -> argparse.ArgumentParser:
     track.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     track.add_argument("--quiet", action="store_true", help="no progress bar")
     track.set_defaults(run=_track)
-
-    add_evaluate_command(commands)
-
-    models = commands.add_parser("models", help="list known models, which are downloaded, and where",
-                                 description="List the official SAM 2 / 2.1 checkpoints and the local cache.")
-    models.add_argument("--cache-dir", type=Path, default=None,
-                        help="cache folder (default: $NAPARI_SAM2_CACHE or the user cache folder)")
-    models.set_defaults(run=_models)
-    return parser
 
 
 def _population_arguments(track: argparse.ArgumentParser) -> None:
@@ -169,7 +178,46 @@ def _iou(text: str) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class TrackResult:
+    """What one ``track`` run did: frames visited, objects tracked, and where the output went."""
+
+    frames: int
+    objects: int
+    output: Path
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse exits the process on a bad argument; inside a batch worker that must be an exception instead."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ValueError(f"{self.prog}: {message}")
+
+
+def track_movie(argv: Sequence[str], *, model: Any = None, out: Path | None = None,
+                on_frame: Callable[[int, int], None] | None = None) -> TrackResult:
+    """Run ``napari-sam2 track ARGV...`` in this process: the command's own code path, for the batch runner.
+
+    ``model``: an already loaded model used instead of loading ``--model`` (a batch worker loads it once);
+    ``out`` replaces ``--out`` (the batch writes to a temporary folder and renames); ``on_frame(done, total)``
+    is called after each tracked frame. Bad arguments or files raise ``ValueError`` / ``OSError``.
+    """
+    parser = _RaisingParser(prog="napari-sam2 track", description=TRACK_DESCRIPTION)
+    _track_arguments(parser)
+    args = parser.parse_args(list(argv))
+    if out is not None:
+        args.out = Path(out)
+    return _run_track(args, model=model, on_frame=on_frame)
+
+
 def _track(args: argparse.Namespace) -> int:
+    _run_track(args)
+    return 0
+
+
+def _run_track(args: argparse.Namespace, model: Any = None,
+               on_frame: Callable[[int, int], None] | None = None) -> TrackResult:
+    """The body of ``napari-sam2 track``; ``model`` (already loaded) skips loading ``--model``."""
     out_kind = {".tif": "tiff", ".tiff": "tiff", ".geff": "geff"}.get(args.out.suffix.lower(), "ctc")
     if args.out.exists() and not args.overwrite and (out_kind != "ctc" or any(args.out.iterdir())):
         raise FileExistsError(f"output {args.out} already exists; choose another --out or pass --overwrite")
@@ -180,7 +228,7 @@ def _track(args: argparse.Namespace) -> int:
     movie = open_movie(args.input, axes=args.axes)
     prompts = _read_prompts(args, movie)  # every prompt checked against the movie before the (slow) model load
     reseed = _reseed_options(args, movie)  # so are the re-seeding options
-    session = _open_session(args, movie, prompts)
+    session = _open_session(args, movie, prompts, model)
     if not args.quiet:
         _say(f"running on {describe_precision(session.device, session.precision)}")
     fallback_warning = mps_fallback_status(session.device)
@@ -196,8 +244,11 @@ def _track(args: argparse.Namespace) -> int:
     frames = session.frames_to_visit(args.start, args.direction, args.frames)
     seeded = len(session.obj_ids)
     with _progress_bar(len(frames), movie.axis, disabled=args.quiet) as progress:
-        for _ in session.propagate(args.start, args.direction, args.frames, reseed=reseed, divisions=args.divisions):
+        for done, _ in enumerate(session.propagate(args.start, args.direction, args.frames, reseed=reseed,
+                                                   divisions=args.divisions), start=1):
             progress.update(1)
+            if on_frame is not None:
+                on_frame(done, len(frames))
     if reseed is not None:
         _say(f"re-seeding added {len(session.obj_ids) - seeded} object(s)")
     if args.stop_after_absent is not None:
@@ -222,7 +273,7 @@ def _track(args: argparse.Namespace) -> int:
         tracks = write_ctc(args.out, labels, max_label=labels.max_label, overwrite=args.overwrite, parents=lineage)
         written = f"Cell Tracking Challenge results: {len(labels)} masks, {len(tracks)} tracks"
     _say(f"tracked {len(session.obj_ids)} object(s) over {len(frames)} frame(s); wrote {written} to {args.out}")
-    return 0
+    return TrackResult(frames=len(frames), objects=len(session.obj_ids), output=args.out)
 
 
 @dataclass
@@ -314,8 +365,9 @@ def _segment_all(args: argparse.Namespace, session: TrackingSession, axis: str) 
         _say(f"segment all found {len(ids)} object(s) on {'frame' if axis == 'T' else 'slice'} {frame}")
 
 
-def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts) -> TrackingSession:
-    """A fresh session, or the saved one; command-line settings override saved ones."""
+def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts, model: Any = None) -> TrackingSession:
+    """A fresh session, or the saved one; command-line settings override saved ones. ``model``: already loaded
+    (a batch worker's), used instead of loading ``--model`` or the session's model."""
     options = {}
     if args.contrast is not None:
         options["contrast_limits"] = tuple(args.contrast)
@@ -326,10 +378,12 @@ def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts) -> 
     if args.stop_after_absent is not None:
         options["stop_after_absent"] = args.stop_after_absent
     if prompts.saved is None:
-        model = load_model(args.model or DEFAULT_MODEL, device=args.device, progress=not args.quiet)
+        if model is None:
+            model = load_model(args.model or DEFAULT_MODEL, device=args.device, progress=not args.quiet)
         return TrackingSession(model, movie.data, **options)
-    model = load_model(args.model or prompts.saved["model"].get("name") or DEFAULT_MODEL, device=args.device,
-                       progress=not args.quiet)
+    if model is None:
+        model = load_model(args.model or prompts.saved["model"].get("name") or DEFAULT_MODEL, device=args.device,
+                           progress=not args.quiet)
     return load_session(prompts.session_file, movie.data, model, **options)
 
 

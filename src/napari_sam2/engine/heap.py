@@ -1,43 +1,41 @@
-"""Keep the process's C heap from holding on to memory that tracking has freed (glibc on Linux).
+"""Give the C heap's free pages back to the kernel during tracking (glibc on Linux), so that resident memory
+follows what tracking holds, not what it once held.
 
-glibc gives each thread that allocates its own heap ("arena", up to 8 per core). A session allocates from
-several threads (the main one, the frame prefetcher, the label-image workers, torch's own) and frees much of it
-soon after; what one arena frees it keeps for its own thread, so the process's resident memory settles at the
-sum of every arena's high-water mark. Measured on 2 cores, 100 objects on 2048 x 2048 frames at model input 512
-(``benchmarks/bench_population.py``): peak 654-876 MiB above baseline with glibc's default arenas, 396 MiB
-with one. :func:`limit_malloc_arenas` caps the arenas that threads created from then on may open, with
-``mallopt(M_ARENA_MAX)``: nothing else changes (existing arenas stay, allocations keep their speed within the
-noise of this machine). It does nothing where glibc is absent (macOS, Windows, musl) or where the user set
-``MALLOC_ARENA_MAX`` (glibc's own knob) in the environment, which then wins.
+A tracking step frees its transient buffers (masks and activations of a batch of objects, label-image tiles)
+between the long-lived memories and results it allocates meanwhile, so the freed pages sit in holes of the heap
+(and of the other threads' heaps) that glibc keeps for reuse and never returns. Measured on 2 cores, 100 objects
+on 2048 x 2048 frames at model input 512: 210-226 MiB resident above baseline after each frame, 63-105 MiB
+after ``malloc_trim(0)``, which took 10-28 ms (``benchmarks/bench_population.py`` gives the peaks).
+:func:`release_free_heap` is that call; a CPU session makes it before each tracked frame and after each batch
+of objects (``engine/propagation.py``). It frees nothing in use and changes no setting of the process, so it is
+safe inside napari's own process; it does nothing where glibc is absent (macOS, Windows, musl).
 
-glibc has no Python interface for this, so it is called through ctypes (hand-written for that reason).
+glibc has no Python interface for it, so it is called through ctypes (hand-written for that reason).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import sys
-
-M_ARENA_MAX = -8  # glibc's malloc.h
-SESSION_ARENAS = 2  # the main thread's arena and one for all the others
-
-_applied = False
+from functools import cache
 
 
-def limit_malloc_arenas(arenas: int = SESSION_ARENAS) -> bool:
-    """Cap glibc's malloc arenas at ``arenas`` for this process (once); True where the cap is in force."""
-    global _applied
-    if _applied:
-        return True
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
-        return False
+@cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = mallopt(M_ARENA_MAX, int(arenas)) == 1
-    return _applied
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the kernel (glibc's ``malloc_trim(0)``); nothing elsewhere."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -19,7 +19,6 @@ from .acceleration import autocast, check_finite
 from .compact_logits import LOGIT_FLOOR, CompactLogits
 from .feature_cache import FeatureCache
 from .frames import FrameSource
-from .heap import limit_malloc_arenas
 from .label_tiles import Window, frame_box, reaches, tiled_label_image, window_source
 from .object_state import FrameResult
 from .postprocess import fill_holes
@@ -58,7 +57,6 @@ class ModelRuntime:
         self.image_size = model.image_size
         self.num_frames = source.num_frames
         self.features = FeatureCache(self.encode_frame, capacity=feature_cache_size)
-        limit_malloc_arenas()  # before the prefetcher's and label workers' threads: see engine/heap.py
         self.prefetcher = FramePrefetcher(self.model_input, depth=prefetch_frames)
 
     def autocast(self) -> contextlib.AbstractContextManager:
