@@ -78,10 +78,27 @@ def test_propose_applies_nothing_and_lists_the_proposal(movie_files, monkeypatch
 
 def test_off_makes_no_proposal(movie_files, monkeypatch, capsys, tmp_path):
     root, _, model = movie_files
+    (tmp_path / "labels_divisions.csv").write_text("frame,parent\n4,3\n")  # an earlier propose run's list
     code, err = track(root, model, monkeypatch, capsys, "--out", str(tmp_path / "labels.tif"), "--divisions", "off")
     assert code == 0, err
     assert "proposed" not in err and "divided" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif"]  # the stale list is gone
+
+
+def test_division_flags_set_the_division_options():
+    from napari_sam2.cli_lineage import division_options
+    from napari_sam2.engine.divisions import DIVISION_MODES, DivisionOptions
+
+    parser = cli._parser()
+    base = ["track", "m.tif", "--prompts", "p.csv", "--out", "o.tif"]
+    args = parser.parse_args([*base, "--division-ratio", "0.7", "--division-min-area", "30", "--division-neck", "0.5"])
+    assert division_options(args) == DivisionOptions(min_area_ratio=0.7, min_part_area=30, neck_ratio=0.5)
+    assert division_options(parser.parse_args(base)) is None
+    bad = parser.parse_args([*base, "--division-coverage", "1.5"])
+    with pytest.raises(ValueError, match=r"--division-coverage: DivisionOptions min_coverage must be in \(0, 1\]"):
+        division_options(bad)
+    assert [parser.parse_args([*base, "--divisions", mode]).divisions for mode in DIVISION_MODES] == list(
+        DIVISION_MODES)
 
 
 def test_evaluate_prints_one_line_per_metric(tmp_path, capsys):

@@ -140,9 +140,14 @@ class MaskRuntime:
         rows, cols = np.flatnonzero(result.any(axis=1)), np.flatnonzero(result.any(axis=0))
         return None if rows.size == 0 else (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
 
-    def label_image(self, results, obj_ids, dtype, window):
-        row0, col0, row1, col1 = window
-        return (results[0][row0:row1, col0:col1] * obj_ids[0]).astype(dtype)
+    def label_image(self, results, obj_ids, dtype, window=None):
+        """As ModelRuntime.label_image with every mask's logits equal: ties go to the first object."""
+        row0, col0, row1, col1 = window or (0, 0, *SHAPE)
+        labels = np.zeros((row1 - row0, col1 - col0), dtype=dtype)
+        for result, obj_id in zip(results[::-1], obj_ids[::-1]):
+            if result is not None:
+                labels[result[row0:row1, col0:col1]] = obj_id
+        return labels
 
 
 def scripted_object(obj_id: int, tracked: dict[int, np.ndarray], prompted: dict[int, np.ndarray]) -> TrackedObject:
@@ -183,3 +188,77 @@ def test_finder_proposes_splits_of_tracked_masks_and_cells_that_start_inside_a_m
     found = DivisionFinder().find(MaskRuntime(), {1: objects[1], 5: neighbour}, [objects[1]], 4, Lineage(),
                                   segmented)
     assert [(p.parent, p.kind) for p in found] == [(1, "split")]
+
+
+def test_cells_rule_wants_two_separate_cells_not_a_cell_and_its_part():
+    parent = CompactMask.of(disc(40, 48, 16))
+    whole = CompactMask.of(disc(40, 48, 12))
+    left_half, right_half = CompactMask.of(disc(40, 48, 12) & (XX < 48)), CompactMask.of(disc(40, 48, 12) & (XX >= 48))
+    nucleus = CompactMask.of(disc(40, 48, 9))
+    assert daughter_pair([parent], [whole, right_half]) is None  # the whole cell and its larger half
+    assert daughter_pair([parent], [whole, nucleus]) is None  # a cell and its nucleus
+    assert daughter_pair([parent], [whole, left_half, right_half]) == (1, 2)  # the halves are the pair
+    touching = CompactMask.of(disc(40, 41, 7) | (disc(40, 55, 7) & (XX < 49)))  # a sliver shared with right
+    assert daughter_pair([parent], [touching, CompactMask.of(disc(40, 55, 7))]) == (0, 1)
+    assert daughter_pair([parent], [touching, CompactMask.of(disc(40, 55, 7))],
+                         DivisionOptions(max_pair_overlap=0)) is None
+    with pytest.raises(ValueError, match="max_pair_overlap must be a number in"):
+        DivisionOptions(max_pair_overlap=1)
+
+
+def test_proposals_keep_their_parts_compact_and_expand_them_on_read():
+    first, second = disc(20, 20, 5), disc(20, 40, 5)
+    proposal = DivisionProposal(3, 1, (first, second))
+    assert sum(part.nbytes for part in proposal.compact_parts) < 300  # the crops, not two 80 x 96 frames
+    parts = proposal.parts
+    np.testing.assert_array_equal(parts[0], first)
+    np.testing.assert_array_equal(parts[1], second)
+    assert not parts[0].flags.writeable and proposal.part_areas == (int(first.sum()), int(second.sum()))
+    assert DivisionProposal(3, 1, proposal.compact_parts).part_areas == proposal.part_areas
+    with pytest.raises(ValueError, match="masks of one frame"):
+        DivisionProposal(3, 1, (first, np.zeros((4, 4), bool)))
+
+
+def test_a_rejected_split_covers_the_next_frames_while_the_mask_stays_split():
+    lineage = Lineage()
+    parts = (disc(40, 30, 8), disc(40, 60, 8))
+    assert lineage.offer(DivisionProposal(3, 1, parts))
+    lineage.reject(lineage.sorted_proposals()[0])
+    assert not lineage.offer(DivisionProposal(4, 1, parts))  # still split on the next frame: the same answer
+    assert not lineage.offer(DivisionProposal(5, 1, parts))
+    assert lineage.offer(DivisionProposal(7, 1, parts))  # frame 6 was not split: a new proposal
+    lineage.reject(lineage.sorted_proposals()[0])
+    assert lineage.offer(DivisionProposal(8, 1, parts, kind="cells"))  # another rule's evidence is still offered
+    cells = Lineage()
+    cells.reject(DivisionProposal(3, 2, parts, kind="cells"))
+    assert cells.offer(DivisionProposal(4, 2, parts))  # a rejected "cells" pair covers only its frame
+
+
+def test_a_stale_pending_proposal_goes_when_its_frame_is_looked_at_again():
+    lineage = Lineage()
+    parts = (disc(40, 30, 8), disc(40, 60, 8))
+    lineage.offer(DivisionProposal(2, 1, parts))
+    assert not lineage.may_propose(1, 5)  # the earlier pending one blocks later ones
+    lineage.drop_pending(2)
+    assert lineage.sorted_proposals() == [] and lineage.offer(DivisionProposal(5, 1, parts))
+
+
+def test_restore_refuses_what_no_edit_makes():
+    from napari_sam2 import LineageError
+    from napari_sam2.engine.lineage import LineageState
+
+    lineage = Lineage()
+    lineage.link(2, 1, 3)
+    good = lineage.state()
+    prompted = {1: [0], 2: [3], 3: [3]}
+    for state, message in [
+        (LineageState(parents=((1, 2), (2, 1)), starts=((1, 3), (2, 3))), "make a cycle"),
+        (LineageState(parents=((2, 2),), starts=((2, 3),)), "its own parent"),
+        (LineageState(parents=((2, 1),), starts=((2, 7),)), "outside the movie's 6 frame"),
+        (LineageState(parents=((2, 1),), starts=((2, 0),)), "outside its object's span"),
+    ]:
+        with pytest.raises(LineageError, match=message):
+            lineage.restore(state, prompted, 6)
+        assert lineage.state() == good  # nothing changed
+    lineage.restore(LineageState(), prompted, 6)
+    assert lineage.parents == {}

@@ -119,9 +119,35 @@ def test_another_tools_geff_without_labels(tmp_path):
     geff.write(graph, str(tmp_path / "other.geff"), axis_names=["t", "y", "x"], axis_types=["time", "space", "space"])
     back = read_geff(tmp_path / "other.geff", label_prop="label")
     assert back.labels is None
-    assert back.parents == {4: 3}
+    assert back.parents == {}  # one label id per node: an edge along a track is no division
     np.testing.assert_allclose(back.yx, [[5.0, 6.0], [5.5, 6.5]])
     assert read_geff(tmp_path / "other.geff").seg_ids.tolist() == [-1, -1]  # no seg_id property
     geff.write(graph, str(tmp_path / "flat.geff"), axis_names=["t", "y"], axis_types=["time", "space"])
     with pytest.raises(GeffFileError, match="two space axes"):
         read_geff(tmp_path / "flat.geff")
+
+
+def test_another_tools_lineage_comes_from_branching_not_from_label_changes(tmp_path):
+    """A GEFF with one label id per node (no tracklet property): only the edges out of a branching node are
+    lineage; a merge (two parents) and a node without a label id are left out with a warning."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for node, (t, label) in enumerate([(0, 10), (1, 11), (2, 12), (2, 13), (3, 14), (3, 15)], start=1):
+        graph.add_node(node, t=t, y=float(node), x=0.0, label=label)
+    graph.add_edges_from([(1, 2), (2, 3), (2, 4), (3, 5), (4, 5), (4, 6)])  # 2 divides; 5 merges 3 and 4
+    graph.add_node(7, t=4, y=1.0, x=1.0)  # no label
+    graph.add_edges_from([(5, 7), (6, 7)])
+    geff.write(graph, str(tmp_path / "other.geff"), axis_names=["t", "y", "x"], axis_types=["time", "space", "space"])
+    with pytest.warns(UserWarning, match=r"lineage edges left out: 0 without a label id, and label\(s\) \[14\]"):
+        back = read_geff(tmp_path / "other.geff", label_prop="label")
+    assert back.parents == {12: 11, 13: 11, 15: 13}
+
+
+def test_a_single_daughter_link_survives_the_round_trip(tmp_path):
+    stack = np.zeros((4, 8, 8), dtype=np.uint16)
+    stack[:2, 1:3, 1:3] = 1
+    stack[2:, 1:3, 1:3] = 2  # 2 continues 1 under a new id: a link with one daughter
+    stack[:, 5:7, 5:7] = 3  # 3 is one track throughout
+    write_geff(tmp_path / "one.geff", stack, {2: 1})
+    assert read_geff(tmp_path / "one.geff").parents == {2: 1}

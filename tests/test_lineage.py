@@ -7,6 +7,8 @@ propose from masks that are known: prompts, and the ground truth of the syntheti
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from session_support import cells_movie, small_model
@@ -283,3 +285,71 @@ def test_large_masks_are_sampled_from_the_logits_as_the_frame_resolution_mask(mo
             np.testing.assert_array_equal(coarse[:centres.shape[0], :centres.shape[1]], centres)
             checked += 1
     assert checked >= NUM_FRAMES
+
+
+def test_ids_the_session_creates_start_at_new_ids_from_and_explicit_ids_are_checked(model):
+    """A label painted in the layer (say 2) is not a session object: new_ids_from keeps daughters off it."""
+    session = new_session(model)
+    left, right = disk(39, 27, 6), disk(39, 43, 6)
+    with pytest.raises(ValueError, match="first must be an integer >= 1"):
+        session.new_ids_from(0)
+    session.new_ids_from(3)
+    before = session.lineage_state()
+    assert session.divide(1, 3, [left, right]) == [3, 4]
+    session.restore_lineage(before)
+    session.remove_object(3)
+    session.remove_object(4)
+    with pytest.raises(LineageError, match=r"object id\(s\) \[1\] are taken"):
+        session.divide(1, 3, [left, right], daughter_ids=[1, 7])
+    with pytest.raises(ValueError, match="daughter_ids must be 2 distinct ids"):
+        session.divide(1, 3, [left, right], daughter_ids=[7, 7])
+    assert session.obj_ids == [1] and session.lineage() == {}  # refused: nothing changed
+    proposal = DivisionProposal(3, 1, (left, right))
+    assert session.accept_division(proposal, daughter_ids=[9, 8]) == [9, 8]
+    assert session.lineage() == {8: 1, 9: 1}
+    np.testing.assert_array_equal(session.prompts(9)[3].mask, left)
+    # re-seeding follows the rule too
+    session = new_session(model)
+    session.new_ids_from(20)
+    seeds = np.zeros((NUM_FRAMES, *SHAPE), dtype=np.uint16)
+    seeds[2][disk(75, 60, 7)] = 1
+    reseed = ReseedOptions(labels=seeds, frames=[2], new_object_iou=1.0, max_covered=1.0)  # always added
+    for _ in session.propagate(reseed=reseed, divisions="off"):
+        pass
+    assert session.obj_ids[1:] and min(session.obj_ids[1:]) >= 20
+
+
+def test_divide_refuses_overlapping_daughters(model):
+    session = new_session(model)
+    whole = disk(39, 35, 9)
+    with pytest.raises(ValueError, match=r"daughter masks overlap on \d+ pixel\(s\) of frame 3"):
+        session.divide(1, 3, [whole, whole & (XX < 35)])
+    assert session.obj_ids == [1] and session.lineage() == {}
+
+
+def test_restore_refuses_a_state_whose_spans_exclude_prompts(model):
+    """Snapshot a division, unlink, prompt the daughter before its old start and the parent after its old end:
+    going back to the snapshot would leave those prompts outside the spans (and a CTC export refused)."""
+    session = new_session(model)
+    daughters = session.divide(1, 3, [disk(39, 27, 6), disk(39, 43, 6)])
+    divided = session.lineage_state()
+    for child in daughters:
+        session.unlink(child)
+    session.add_points(1, daughters[0], [[39, 27]], [1])
+    session.add_points(4, 1, [[40, 30]], [1])
+    with pytest.raises(LineageError, match="prompt lies outside its object's span"):
+        session.restore_lineage(divided)
+    assert session.lineage() == {} and session.object_span(1) == (None, None)  # nothing changed
+
+
+def test_a_run_drops_the_pending_proposals_of_frames_it_no_longer_finds(model):
+    session = new_session(model)
+    stale = DivisionProposal(2, 1, (disk(30, 20, 4), disk(30, 32, 4)))
+    session.restore_lineage(dataclasses.replace(session.lineage_state(), proposals=(stale,)))
+    assert session.division_proposals() == [stale]
+    for _ in session.propagate(3, "forward"):  # frame 2 not visited: kept
+        pass
+    assert stale in session.division_proposals()
+    for _ in session.propagate(0, "forward", divisions="propose"):
+        pass
+    assert all(p is not stale for p in session.division_proposals())

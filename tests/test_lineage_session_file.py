@@ -108,8 +108,10 @@ def test_version_1_files_still_load(model, tmp_path):
     assert session.object_span(3) == (None, None)
     np.testing.assert_array_equal(session.prompts(3)[2].box, [50, 40, 80, 70])
     saved = json.loads(save_session(session, tmp_path / "new.session.json").read_text())
-    assert saved["version"] == 2 and saved["lineage"] == {"parents": [], "starts": [], "rejected": [],
-                                                          "proposals": []}
+    assert saved["version"] == 1 and "lineage" not in saved  # no lineage: older napari-sam2 versions open it
+    session.link(3, 1)
+    saved = json.loads(save_session(session, tmp_path / "new.session.json").read_text())
+    assert saved["version"] == 2 and saved["lineage"]["parents"] == [[3, 1]]
 
 
 def test_a_lineage_that_does_not_fit_is_refused(model, tmp_path):
@@ -128,3 +130,36 @@ def test_a_lineage_that_does_not_fit_is_refused(model, tmp_path):
     path.write_text(json.dumps(document))
     with pytest.raises(SessionFileError, match="does not match the frame shape"):
         load_session(path, cells_movie(NUM_FRAMES), model)
+
+
+@pytest.mark.parametrize("lineage, message", [
+    ({"parents": [[1, 3], [3, 1]], "starts": [[1, 2], [3, 2]]}, "make a cycle"),
+    ({"parents": [[3, 3]], "starts": [[3, 2]]}, "its own parent"),
+    ({"starts": [[3, 1], [3, 2]]}, "object 3 has two start frames"),
+    ({"starts": [[3, 9]]}, "outside the movie's 6 frame"),
+    ({"parents": [[3, 1]], "starts": [[3, 1], [1, 4]]}, "start at frame 4 but end at frame 0"),
+    ({"parents": [[3, 1]], "starts": [[3, 3]]}, "prompt lies outside .* object 3 starts at frame 3"),
+])
+def test_a_corrupt_lineage_is_one_line_and_cannot_hang_the_session(model, tmp_path, lineage, message):
+    """Hand-edited lineages that no edit makes: refused on load (a cycle used to load and then hang link())."""
+    document = version_1_document()
+    document["version"] = 2
+    document["lineage"] = lineage
+    path = tmp_path / "corrupt.session.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(SessionFileError, match=f"does not fit its objects: .*{message}"):
+        load_session(path, cells_movie(NUM_FRAMES), model)
+
+
+def test_rejected_splits_round_trip(model, tmp_path):
+    session = load_session(_written(tmp_path, version_1_document()), cells_movie(NUM_FRAMES), model)
+    split = DivisionProposal(4, 3, (disk(60, 50, 4), disk(70, 60, 4)), kind="split")
+    session.reject_division(split)
+    again = load_session(save_session(session, tmp_path / "r.session.json"), cells_movie(NUM_FRAMES), model)
+    assert again.lineage_state().rejected_splits == ((4, 3),) and again.lineage_state().rejected == ((4, 3),)
+
+
+def _written(tmp_path, document) -> object:
+    path = tmp_path / "doc.session.json"
+    path.write_text(json.dumps(document))
+    return path

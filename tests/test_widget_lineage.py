@@ -174,13 +174,14 @@ def test_manual_division_links_the_two_clicked_daughters_and_undo_takes_it_back(
     assert widget.objects.row_text(3) == "object 3 (from 1)"
     assert "Object 1 divided into 2 and 3 on frame 2" in widget.status.text()
 
-    assert widget.undo_lineage()  # the link goes, object 1's pixels come back; the daughters stay objects
+    assert widget.undo_lineage()  # the link goes, object 1's pixels come back; the daughters drawn for it go
     assert session.lineage() == {} and session.object_span(1) == (None, None)
     undone = labels_of(widget)
-    for t in (0, 1, 3):  # (frame 2 also holds the daughters' clicks, made before the division step)
+    for t in (0, 1, 3):
         np.testing.assert_array_equal(undone[t] == 1, before[t] == 1)
-    assert (undone[2] == 1).any()
-    assert tracks.graph == {} and {2, 3} <= set(session.obj_ids)
+    assert (undone[2] == 1).any()  # (less the daughters' area until the next propagation: see the user guide)
+    assert not np.isin(undone, [2, 3]).any()
+    assert tracks.graph == {} and session.obj_ids == [1] and widget.objects.ids == [1]
 
 
 def test_a_second_press_cancels_a_manual_division(widget, qtbot):
@@ -230,6 +231,7 @@ def test_link_unlink_and_removing_the_parent_follow_in_the_list_and_the_tracks(w
 
     widget.objects.select_id(child)
     widget.unlink_button.click()
+    wait_idle(qtbot, widget)
     assert session.lineage() == {} and tracks.graph == {} and widget.objects.row_text(child) == f"object {child}"
     assert widget.undo_lineage()  # the unlink undone: linked again
     assert session.lineage() == {child: 1}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .cli_batch import add_batch_command
-from .cli_lineage import add_division_argument, add_evaluate_command, proposals_path, report_divisions
+from .cli_lineage import add_division_argument, add_evaluate_command, division_options, proposals_path, report_divisions
 from .device import mps_fallback_status
 from .engine.acceleration import PRECISIONS, describe_precision
 from .engine.automatic import AutomaticMaskOptions
@@ -228,6 +228,7 @@ def _run_track(args: argparse.Namespace, model: Any = None,
     movie = open_movie(args.input, axes=args.axes)
     prompts = _read_prompts(args, movie)  # every prompt checked against the movie before the (slow) model load
     reseed = _reseed_options(args, movie)  # so are the re-seeding options
+    divide = division_options(args)  # and the division thresholds
     session = _open_session(args, movie, prompts, model)
     if not args.quiet:
         _say(f"running on {describe_precision(session.device, session.precision)}")
@@ -245,7 +246,7 @@ def _run_track(args: argparse.Namespace, model: Any = None,
     seeded = len(session.obj_ids)
     with _progress_bar(len(frames), movie.axis, disabled=args.quiet) as progress:
         for done, _ in enumerate(session.propagate(args.start, args.direction, args.frames, reseed=reseed,
-                                                   divisions=args.divisions), start=1):
+                                                   divisions=args.divisions, division_options=divide), start=1):
             progress.update(1)
             if on_frame is not None:
                 on_frame(done, len(frames))

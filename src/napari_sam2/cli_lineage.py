@@ -1,6 +1,8 @@
-"""The command line's lineage parts: ``track --divisions``, the proposals CSV and ``napari-sam2 evaluate``.
+"""The command line's lineage parts: ``track --divisions`` and its thresholds, the proposals CSV and
+``napari-sam2 evaluate``.
 
-No Qt, no torch at import. Frames are T indices; masks (row, col) = (y, x).
+No Qt, no torch at import (the engine is imported where a parser is built or a run starts). Frames are T
+indices; masks (row, col) = (y, x).
 """
 
 from __future__ import annotations
@@ -12,17 +14,53 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-DIVISION_CHOICES = ("propose", "auto", "off")
 PROPOSALS_SUFFIX = "_divisions.csv"
 PROPOSAL_COLUMNS = ("frame", "parent", "kind", "daughters", "part_area_1", "part_area_2")
 
 
+# --flag -> (DivisionOptions field, type, help): the documented thresholds of the division rules
+DIVISION_FLAGS = {
+    "--division-ratio": ("min_area_ratio", float, ("the smaller daughter has at least this fraction of the larger's "
+                         "area (0-1, default 0.5)")),
+    "--division-min-area": ("min_part_area", int, "each daughter has at least this many pixels (default 16)"),
+    "--division-neck": ("neck_ratio", float, ("a mask splits at a neck narrower than this fraction of its widest "
+                        "place (0-1, default 0.6; higher splits fatter necks)")),
+    "--division-coverage": ("min_coverage", float, ("the two daughters hold at least this fraction of the mask "
+                            "(0-1, default 0.9)")),
+    "--division-inside": ("cell_inside", float, ("segmented cells: the fraction of each daughter inside the "
+                          "parent's mask (0-1, default 0.5)")),
+}
+
+
 def add_division_argument(track: argparse.ArgumentParser) -> None:
-    track.add_argument("--divisions", choices=DIVISION_CHOICES, default="propose",
+    """``--divisions MODE`` and the ``--division-*`` thresholds (see :data:`DIVISION_FLAGS`)."""
+    from .engine.divisions import DIVISION_MODES
+
+    track.add_argument("--divisions", choices=DIVISION_MODES, default="propose",
                        help="cells that divide: 'propose' (default) lists the divisions found during tracking in "
                             f"OUTPUT{PROPOSALS_SUFFIX} next to OUTPUT and changes nothing; 'auto' applies each "
                             "one (the parent ends, two daughters start) and writes the lineage into the output; "
                             "'off' looks for none")
+    for flag, (field, kind, text) in DIVISION_FLAGS.items():
+        track.add_argument(flag, dest=field, type=kind, default=None, metavar="N" if kind is int else "F",
+                           help=text)
+
+
+def division_options(args: argparse.Namespace) -> Any:
+    """The :class:`~napari_sam2.engine.divisions.DivisionOptions` the ``--division-*`` flags set (None when none
+    is given); a value out of range is one ValueError line naming the flag."""
+    from .engine.divisions import DivisionOptions
+
+    given = {field: getattr(args, field) for field, _, _ in DIVISION_FLAGS.values()
+             if getattr(args, field, None) is not None}
+    if not given:
+        return None
+    try:
+        return DivisionOptions(**given)
+    except ValueError as exc:
+        flags = {field: flag for flag, (field, _, _) in DIVISION_FLAGS.items()}
+        named = next((flags[field] for field in given if field in str(exc)), "a --division-* flag")
+        raise ValueError(f"{named}: {exc}") from None
 
 
 def add_evaluate_command(commands: Any) -> None:
@@ -67,12 +105,15 @@ def write_proposals(path: Path, proposals: Sequence[Any]) -> None:
         writer.writerow(PROPOSAL_COLUMNS)
         for p in proposals:
             daughters = " ".join(map(str, p.daughters)) if p.daughters else ""
-            writer.writerow([p.frame, p.parent, p.kind, daughters, *(int(part.sum()) for part in p.parts)])
+            writer.writerow([p.frame, p.parent, p.kind, daughters, *p.part_areas])
 
 
 def report_divisions(mode: str, session: Any, csv_path: Path, say: Callable[[str], None]) -> None:
     """After a run: say what ``--divisions auto`` applied, or write the pending proposals of ``propose`` to
-    ``csv_path`` (beside the output) and say how many."""
+    ``csv_path`` (beside the output) and say how many. Runs that write no CSV remove an earlier run's one at
+    ``csv_path``: it would list proposals this output does not have."""
+    if mode != "propose":
+        csv_path.unlink(missing_ok=True)
     if mode == "auto":
         lineage = session.lineage()
         say(f"{len(set(lineage.values()))} object(s) divided; the lineage has {len(lineage)} link(s)")

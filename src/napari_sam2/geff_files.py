@@ -45,7 +45,9 @@ class GeffTracks:
 
     ``node_ids``, ``t``, ``yx`` ((N, 2) centroids, (row, col) = (y, x)) and ``seg_ids`` (label id of each
     node, -1 where the file has none) are row-aligned; ``edges`` is (E, 2) node ids (source, target).
-    ``parents`` is {daughter label id: parent label id}: the edges between nodes of different label ids.
+    ``parents`` is {daughter label id: parent label id}, from the lineage edges: those leaving a node with two or
+    more successors (a division) and, where the file names a tracklet property, those between two tracklets
+    (see :func:`read_geff`).
     ``labels`` is the (T, Y, X) label stack stored with the graph, or None.
     """
 
@@ -87,11 +89,14 @@ def _add_track_ids(graph: nx.DiGraph) -> None:
     """Tracklet ids (maximal unbranched paths) and lineage ids (connected components), as GEFF defines them.
 
     Written by hand because geff only validates them; nodes are numbered in time order, so a node's
-    predecessor always has its tracklet id already.
+    predecessor always has its tracklet id already. A tracklet is also one label id (a daughter of a single-
+    daughter link starts a tracklet of its own).
     """
     for node in sorted(graph.nodes):
         preds = list(graph.predecessors(node))
-        continues = len(preds) == 1 and graph.out_degree(preds[0]) == 1
+        # a new label id is a new tracklet too, so that a one-daughter link reads back as a lineage edge
+        continues = (len(preds) == 1 and graph.out_degree(preds[0]) == 1
+                     and graph.nodes[preds[0]][LABEL_PROP] == graph.nodes[node][LABEL_PROP])
         graph.nodes[node][_TRACKLET_PROP] = graph.nodes[preds[0]][_TRACKLET_PROP] if continues else node
     for lineage, component in enumerate(sorted(nx.weakly_connected_components(graph), key=min), start=1):
         for node in component:
@@ -190,8 +195,8 @@ def read_geff(path: str | os.PathLike, *, labels: Any | None = None, label_prop:
     seg_ids = np.array([int(d.get(label_key, -1)) for d in data], dtype=np.int64)
     if labels is None and related and (path / related[0].path).exists():
         labels = np.asarray(zarr.open_array(str(path / related[0].path), mode="r")[:])
-    by_node = dict(zip(nodes, seg_ids.tolist()))
-    parents = {by_node[v]: by_node[u] for u, v in graph.edges if by_node[u] != by_node[v] and by_node[v] >= 0}
+    tracklet_key = (metadata.track_node_props or {}).get("tracklet")
+    parents = _lineage(graph, dict(zip(nodes, seg_ids.tolist())), tracklet_key, path)
     return GeffTracks(
         node_ids=np.array(nodes, dtype=np.int64),
         t=np.array([int(d[time_key]) for d in data], dtype=np.int64),
@@ -201,6 +206,32 @@ def read_geff(path: str | os.PathLike, *, labels: Any | None = None, label_prop:
         parents=parents,
         labels=None if labels is None else np.asarray(labels),
     )
+
+
+def _lineage(graph: nx.DiGraph, seg_of: dict[Any, int], tracklet_key: str | None, path: Path) -> dict[int, int]:
+    """{daughter label id: parent label id} from the lineage edges of ``graph``: an edge leaving a node with two
+    or more successors (a division), or joining two tracklets when the file has ``tracklet_key``. Edges along a
+    track are not lineage, even between different label ids (another tool may give every node its own id).
+    Edges naming a node without a label id, a daughter with two parents (a merge) or a daughter label reached
+    by edges from different parents are left out, with one warning naming them."""
+    found: dict[int, set[int]] = {}
+    unlabelled = 0
+    for u, v in graph.edges:
+        across = tracklet_key is not None and graph.nodes[u].get(tracklet_key) != graph.nodes[v].get(tracklet_key)
+        if graph.out_degree(u) < 2 and not across:
+            continue
+        if seg_of[u] < 0 or seg_of[v] < 0:
+            unlabelled += 1
+            continue
+        parents = {seg_of[p] for p in graph.predecessors(v)}
+        found.setdefault(seg_of[v], set()).update(parents)
+    lineage = {child: next(iter(ps)) for child, ps in found.items() if len(ps) == 1 and child not in ps}
+    dropped = sorted(set(found) - set(lineage))
+    if dropped or unlabelled:
+        warnings.warn(f"GEFF {path}: lineage edges left out: {unlabelled} without a label id, and label(s) "
+                      f"{dropped} with more than one parent (merges) or linked to themselves", UserWarning,
+                      stacklevel=3)
+    return dict(sorted(lineage.items()))
 
 
 def _axis_keys(metadata: GeffMetadata, path: Path) -> tuple[str, list[str]]:

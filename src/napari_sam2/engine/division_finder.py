@@ -7,7 +7,8 @@
   inside its mask there or here: either two objects that *start* on this frame (first prompted here, no parent:
   e.g. seeded from a segmentation with ``add_labels`` on every frame; accepting links them), or two masks that
   re-seeding segmented here and did not add (accepting divides with them). A cell that the own mask of another
-  object holds (at least ``cell_inside`` of it) is that object's cell and not a daughter. Pairs mixing the two are not made.
+  object holds (at least ``cell_inside`` of it) is that object's cell and not a daughter (found once per cell,
+  from one array of the objects' boxes: see ``_Holders``). Pairs mixing the two are not made.
 
 A parent needs no prompt on or after the frame (else accepting it would be refused) and must be one the lineage
 still takes proposals for (:meth:`~napari_sam2.engine.lineage.Lineage.may_propose`); "cells" wins over "split"
@@ -63,6 +64,7 @@ class DivisionFinder:
                      [(None, mask) for mask in segmented]]
             pools = [[(i, m) for i, m in pool if m is not None and not m.empty] for pool in pools]
             others = [obj for obj in objects.values() if obj.obj_id not in starter_ids]
+            holders = _Holders(reader, others, frame, self.options.cell_inside)
             used: set[int] = set()  # id() of the cells already given to a parent
             for parent in parents:
                 own = [m for m in (reader.mask(parent.latest(frame - 1)), reader.mask(parent.latest(frame)))
@@ -72,15 +74,15 @@ class DivisionFinder:
                             and any(_boxes_meet(m.bounds, p.bounds) for p in own)]
                     # A cell that another object's own mask holds is that object's cell, not a daughter (a
                     # mask gone wrong can cover a neighbour).
-                    near = [(i, m) for i, m in near if not self._claimed(reader, m, others, parent, frame)]
+                    near = [(i, m) for i, m in near if not holders.claimed(m, parent)]
                     pair = daughter_pair(own, [m for _, m in near], self.options) if len(near) >= 2 else None
                     if pair is None:
                         continue
                     (first_id, first), (second_id, second) = near[pair[0]], near[pair[1]]
                     used.update((id(first), id(second)))
                     daughters = None if first_id is None else (first_id, second_id)
-                    found[parent.obj_id] = DivisionProposal(frame, parent.obj_id, (first.full(), second.full()),
-                                                            daughters, "cells")
+                    found[parent.obj_id] = DivisionProposal(frame, parent.obj_id, (first, second), daughters,
+                                                            "cells")
                     break
         for obj in tracked:
             if obj.obj_id in found or frame in obj.cond or not can_divide(obj):
@@ -90,7 +92,7 @@ class DivisionFinder:
                 found[obj.obj_id] = DivisionProposal(frame, obj.obj_id, parts, None, "split")
         return [found[obj_id] for obj_id in sorted(found)]
 
-    def _split(self, reader: _MaskReader, result: FrameResult | None) -> tuple[np.ndarray, np.ndarray] | None:
+    def _split(self, reader: _MaskReader, result: FrameResult | None) -> tuple[CompactMask, CompactMask] | None:
         """The split rule on one result: full-frame parts, or None. A box longer than ``max_side`` is first
         looked at through a coarse sample of the logits, and read in full only when it splits there."""
         box = reader.box(result)
@@ -110,25 +112,51 @@ class DivisionFinder:
             mask = CompactMask.cropped(crop, box[:2], mask.shape)
         if parts is None:
             return None
-        return tuple(CompactMask.cropped(part, mask.offset, mask.shape).full() for part in parts)
-
-    def _claimed(self, reader: _MaskReader, cell: CompactMask, others: Sequence[TrackedObject],
-                 parent: TrackedObject, frame: int) -> bool:
-        """Whether an object other than ``parent`` holds at least ``cell_inside`` of ``cell`` on ``frame``."""
-        for obj in others:
-            if obj is parent:
-                continue
-            box = reader.box(obj.latest(frame))
-            if box is not None and _boxes_meet(box, cell.bounds):
-                mask = reader.mask(obj.latest(frame))
-                if mask is not None and inside_fraction(cell, mask) >= self.options.cell_inside:
-                    return True
-        return False
+        first, second = (CompactMask.cropped(part, mask.offset, mask.shape) for part in parts)
+        return first, second
 
     @staticmethod
     def _starts_here(obj: TrackedObject, frame: int, lineage: Lineage) -> bool:
         """First prompted on ``frame`` and without a parent."""
         return bool(obj.prompt_steps) and min(obj.prompt_steps) == frame and obj.obj_id not in lineage.parents
+
+
+class _Holders:
+    """Which objects' own masks hold a cell on a frame (at least ``fraction`` of its pixels inside).
+
+    The objects' boxes are read once per frame into one array (shared with the split rule through the
+    reader's cache), so finding the objects near a cell is one vectorised comparison, and each cell's holders
+    are found once however many parents it is near: linear in cells x objects, with masks read only for
+    the few objects whose box meets the cell (the old loop read every object for each cell of each parent).
+    Own masks rather than one label image: a parent's mask gone wrong must not take a neighbour's pixels.
+    """
+
+    def __init__(self, reader: _MaskReader, objects: Sequence[TrackedObject], frame: int, fraction: float) -> None:
+        self.reader, self.objects, self.frame, self.fraction = reader, list(objects), frame, fraction
+        self._boxes: np.ndarray | None = None
+        self._found: dict[int, set[int]] = {}  # by id() of the cell
+
+    def claimed(self, cell: CompactMask, parent: TrackedObject) -> bool:
+        """Whether an object other than ``parent`` holds ``cell``."""
+        return bool(self.holders(cell) - {parent.obj_id})
+
+    def holders(self, cell: CompactMask) -> set[int]:
+        key = id(cell)
+        if key not in self._found:
+            if self._boxes is None:
+                boxes = [self.reader.box(obj.latest(self.frame)) or (0, 0, 0, 0) for obj in self.objects]
+                self._boxes = np.array(boxes, dtype=np.int64).reshape(-1, 4)
+            r0, c0, r1, c1 = cell.bounds
+            b = self._boxes
+            near = np.flatnonzero((b[:, 0] < r1) & (r0 < b[:, 2]) & (b[:, 1] < c1) & (c0 < b[:, 3]))
+            found = set()
+            for index in near.tolist():
+                obj = self.objects[index]
+                mask = self.reader.mask(obj.latest(self.frame))
+                if mask is not None and inside_fraction(cell, mask) >= self.fraction:
+                    found.add(obj.obj_id)
+            self._found[key] = found
+        return self._found[key]
 
 
 class _MaskReader:

@@ -9,8 +9,8 @@ Two rules, both on bool masks in napari (row, col) = (y, x) order, with no model
   Every mask pixel is then given to its nearest part. The depth threshold is relative, so it does not depend
   on the cell size, and a convex shape never splits whatever its elongation (the pixels deeper than a given
   depth in a convex shape form one convex set): an elongated ellipse is not a division.
-* **cells** (:func:`daughter_pair`): two cells of a segmentation, each at least ``cell_inside`` inside the
-  object's mask on the previous frame or on this one, of comparable size.
+* **cells** (:func:`daughter_pair`): two separate cells of a segmentation (sharing at most a sliver), each at
+  least ``cell_inside`` inside the object's mask on the previous frame or on this one, of comparable size.
 
 Cost of :func:`split_parts`: linear in the pixels of the mask's bounding box (two distance transforms and two
 labellings), but the box is first reduced by block averaging until its longer side is at most ``max_side``
@@ -44,8 +44,10 @@ class DivisionOptions:
     higher splits fatter necks; parts thinner than it vanish, so keep it below ``sqrt(min_area_ratio)``).
     ``min_coverage``: the two parts together hold at least this fraction of the mask (a third part, or pieces
     far from both, lower it). ``cell_inside``: for the "cells" rule, the fraction of each cell's pixels inside
-    the object's mask on the previous frame or this one. ``max_side``: masks whose box has a longer side are
-    examined at a resolution reduced by an integer factor so that it is at most this (bounds the cost).
+    the object's mask on the previous frame or this one. ``max_pair_overlap``: for the "cells" rule, two
+    cells are a pair only when the pixels they share are below this fraction of the smaller (a whole cell and
+    its half, or a cell and its nucleus, are not two daughters). ``max_side``: masks whose box has a longer
+    side are examined at a resolution reduced by an integer factor so that it is at most this (bounds the cost).
     """
 
     min_area_ratio: float = 0.5
@@ -53,6 +55,7 @@ class DivisionOptions:
     neck_ratio: float = 0.6
     min_coverage: float = 0.9
     cell_inside: float = 0.5
+    max_pair_overlap: float = 0.1
     max_side: int = 96
 
     def __post_init__(self) -> None:
@@ -63,6 +66,10 @@ class DivisionOptions:
                 raise ValueError(f"DivisionOptions {name} must be a number, got {value!r}")
             if not 0 < value <= 1:
                 raise ValueError(f"DivisionOptions {name} must be in (0, 1], got {value!r}")
+        overlap = self.max_pair_overlap
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, float, np.integer, np.floating)) \
+                or not 0 <= overlap < 1:
+            raise ValueError(f"DivisionOptions max_pair_overlap must be a number in [0, 1), got {overlap!r}")
         if self.neck_ratio >= 1:
             raise ValueError(f"DivisionOptions neck_ratio must be below 1, got {self.neck_ratio!r}")
         for name, low in (("min_part_area", 1), ("max_side", 8)):
@@ -71,35 +78,53 @@ class DivisionOptions:
                 raise ValueError(f"DivisionOptions {name} must be an integer >= {low}, got {value!r}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class DivisionProposal:
     """A proposed division of object ``parent`` at T index ``frame`` (the parent's last frame is ``frame - 1``).
 
-    ``parts``: the two daughters' bool (Y, X) masks on ``frame`` (read-only). ``daughters``: the two existing
-    objects that are the daughters (objects that start on ``frame``), else None (accepting creates them from
-    ``parts``). ``kind``: "split" (the parent's own mask came apart) or "cells" (two segmented cells lie in it).
-    Two proposals are the same proposal when their :attr:`key` ``(frame, parent)`` is.
+    ``parts``: the two daughters' bool (Y, X) masks on ``frame`` (new read-only arrays on each read: a proposal
+    keeps them as :class:`~napari_sam2.engine.compact_mask.CompactMask` crops, ``compact_parts``, since a
+    full-frame pair costs 8 MiB at 2048 x 2048). ``daughters``: the two existing objects that are the daughters
+    (objects that start on ``frame``), else None (accepting creates them from ``parts``). ``kind``: "split" (the
+    parent's own mask came apart) or "cells" (two segmented cells lie in it). Two proposals are the same
+    proposal when their :attr:`key` ``(frame, parent)`` is.
     """
 
     frame: int
     parent: int
-    parts: tuple[np.ndarray, np.ndarray]
-    daughters: tuple[int, int] | None = None
-    kind: str = "split"
+    compact_parts: tuple[CompactMask, CompactMask]
+    daughters: tuple[int, int] | None
+    kind: str
 
-    def __post_init__(self) -> None:
-        if self.kind not in DIVISION_KINDS:
-            raise ValueError(f"a division proposal's kind is one of {DIVISION_KINDS}, got {self.kind!r}")
-        if len(self.parts) != 2:
-            raise ValueError(f"a division proposal has two parts, got {len(self.parts)}")
-        parts = tuple(np.array(part, dtype=bool) for part in self.parts)
-        for part in parts:
+    def __init__(self, frame: int, parent: int, parts: Sequence[np.ndarray | CompactMask],
+                 daughters: Sequence[int] | None = None, kind: str = "split") -> None:
+        if kind not in DIVISION_KINDS:
+            raise ValueError(f"a division proposal's kind is one of {DIVISION_KINDS}, got {kind!r}")
+        if len(parts) != 2:
+            raise ValueError(f"a division proposal has two parts, got {len(parts)}")
+        compact = tuple(CompactMask.of(part) for part in parts)
+        if compact[0].shape != compact[1].shape:
+            raise ValueError(f"a division proposal's parts are masks of one frame, got shapes "
+                             f"{compact[0].shape} and {compact[1].shape}")
+        object.__setattr__(self, "frame", int(frame))
+        object.__setattr__(self, "parent", int(parent))
+        object.__setattr__(self, "compact_parts", compact)
+        object.__setattr__(self, "daughters", None if daughters is None else tuple(int(d) for d in daughters))
+        object.__setattr__(self, "kind", kind)
+
+    @property
+    def parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The two parts as full-frame bool (Y, X) masks (read-only)."""
+        full = tuple(part.full() for part in self.compact_parts)
+        for part in full:
             part.flags.writeable = False
-        object.__setattr__(self, "parts", parts)
-        object.__setattr__(self, "frame", int(self.frame))
-        object.__setattr__(self, "parent", int(self.parent))
-        if self.daughters is not None:
-            object.__setattr__(self, "daughters", tuple(int(d) for d in self.daughters))
+        return full
+
+    @property
+    def part_areas(self) -> tuple[int, int]:
+        """The two parts' areas in pixels (without expanding them)."""
+        first, second = (int(np.count_nonzero(part.crop)) for part in self.compact_parts)
+        return first, second
 
     @property
     def key(self) -> tuple[int, int]:
@@ -107,7 +132,7 @@ class DivisionProposal:
         return self.frame, self.parent
 
     def __repr__(self) -> str:
-        areas = ", ".join(str(int(part.sum())) for part in self.parts)
+        areas = ", ".join(map(str, self.part_areas))
         return (f"DivisionProposal(frame={self.frame}, parent={self.parent}, kind={self.kind!r}, "
                 f"daughters={self.daughters}, part areas=({areas}))")
 
@@ -216,13 +241,7 @@ def inside_fraction(cell: CompactMask, mask: CompactMask) -> float:
     """The fraction of ``cell``'s pixels inside ``mask`` (both of one frame), reading their boxes only."""
     if cell.empty or mask.empty:
         return 0.0
-    (r0, c0, r1, c1), (m0, n0, m1, n1) = cell.bounds, mask.bounds
-    top, left, bottom, right = max(r0, m0), max(c0, n0), min(r1, m1), min(c1, n1)
-    if top >= bottom or left >= right:
-        return 0.0
-    a = cell.crop[top - r0:bottom - r0, left - c0:right - c0]
-    b = mask.crop[top - m0:bottom - m0, left - n0:right - n0]
-    return float(np.count_nonzero(a & b)) / float(np.count_nonzero(cell.crop))
+    return shared_pixels(cell, mask) / float(np.count_nonzero(cell.crop))
 
 
 def daughter_pair(parent_masks: Sequence[CompactMask], cells: Sequence[CompactMask],
@@ -230,9 +249,10 @@ def daughter_pair(parent_masks: Sequence[CompactMask], cells: Sequence[CompactMa
     """The indices (ascending) of the two ``cells`` that are the daughters of an object whose masks on the
     previous frame and this one are ``parent_masks``, or None.
 
-    A cell qualifies when at least ``options.cell_inside`` of it lies inside one of ``parent_masks``; the two
-    most inside qualify as a pair when the smaller has at least ``options.min_area_ratio`` of the larger's
-    area and ``options.min_part_area`` pixels.
+    A cell qualifies when at least ``options.cell_inside`` of it lies inside one of ``parent_masks``; the pair
+    is the two most inside qualifying cells that are separate (they share fewer than
+    ``options.max_pair_overlap`` of the smaller's pixels), and is taken when the smaller has at least
+    ``options.min_area_ratio`` of the larger's area and ``options.min_part_area`` pixels.
     """
     options = options or DivisionOptions()
     scored = []
@@ -240,10 +260,26 @@ def daughter_pair(parent_masks: Sequence[CompactMask], cells: Sequence[CompactMa
         inside = max((inside_fraction(cell, mask) for mask in parent_masks), default=0.0)
         if inside >= options.cell_inside:
             scored.append((-inside, index))
-    if len(scored) < 2:
+    ranked = [index for _, index in sorted(scored)]
+    areas = {i: int(np.count_nonzero(cells[i].crop)) for i in ranked}
+    pair = next(((a, b) for k, a in enumerate(ranked) for b in ranked[k + 1:]
+                 if shared_pixels(cells[a], cells[b]) < options.max_pair_overlap * min(areas[a], areas[b])), None)
+    if pair is None:
         return None
-    pair = sorted(index for _, index in sorted(scored)[:2])
-    areas = [int(np.count_nonzero(cells[i].crop)) for i in pair]
-    if min(areas) < options.min_part_area or min(areas) < options.min_area_ratio * max(areas):
+    small, large = sorted(areas[i] for i in pair)
+    if small < options.min_part_area or small < options.min_area_ratio * large:
         return None
-    return pair[0], pair[1]
+    first, second = sorted(pair)
+    return first, second
+
+
+def shared_pixels(a: CompactMask, b: CompactMask) -> int:
+    """How many pixels two masks of one frame share, reading their boxes only."""
+    if a.empty or b.empty:
+        return 0
+    (r0, c0, r1, c1), (m0, n0, m1, n1) = a.bounds, b.bounds
+    top, left, bottom, right = max(r0, m0), max(c0, n0), min(r1, m1), min(c1, n1)
+    if top >= bottom or left >= right:
+        return 0
+    return int(np.count_nonzero(a.crop[top - r0:bottom - r0, left - c0:right - c0]
+                                & b.crop[top - m0:bottom - m0, left - n0:right - n0]))

@@ -132,15 +132,16 @@ class Reseeder:
         return [mask for mask in found if not mask.empty]
 
     def reseed(self, runtime: ModelRuntime, objects: Objects, frame: int, reverse: bool,
-               batch_size: int) -> list[int]:
+               batch_size: int, first_id: int | None = None) -> list[int]:
         """Add the new candidates of ``frame`` (just tracked, in direction ``reverse``) as objects with
-        committed mask prompts there; returns their ids (ascending)."""
+        committed mask prompts there, ids from ``first_id`` on (default: one above every object); returns
+        their ids (ascending)."""
         results = [obj.latest(frame) for obj in objects.values()]
         indices = runtime.label_image(results, list(range(1, len(results) + 1)), np.uint32)  # object index + 1
         candidates = self.candidates(runtime, frame)
         chosen = new_masks(indices, candidates, self.options.new_object_iou, self.options.max_covered)
         self.segmented = {frame: [mask for mask in candidates if all(mask is not c for c in chosen)]}
-        first = max(objects, default=0) + 1
+        first = max(max(objects, default=0) + 1, first_id or 1)
         prompts = [(frame, first + i, mask) for i, mask in enumerate(chosen)]
         if prompts:
             fresh: Objects = {}

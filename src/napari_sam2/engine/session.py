@@ -154,6 +154,7 @@ class TrackingSession(PopulationMethods, LineageMethods):
         self._rgb, self._channel = rgb, channel
         self._presence = Presence(stop_after_absent)  # which objects stopped being tracked (objects that leave)
         self._lineage = Lineage()  # parents, spans and division proposals (see session_lineage.py)
+        self._new_id_floor = 1  # ids the session creates itself start here at least (new_ids_from)
 
     def settings(self) -> dict[str, Any]:
         """The constructor settings that shape the results (contrast limits as resolved), JSON-friendly."""
@@ -449,7 +450,8 @@ class TrackingSession(PopulationMethods, LineageMethods):
                 presence.observe(objects, frame, reverse)
                 # Cells that enter: added after the frame is tracked, tracked themselves from the next frame.
                 if reseeder is not None and reseeder.due(abs(frame - pass_start), frame):
-                    reseeder.reseed(self._runtime, self._objects, frame, reverse, self.object_batch_size)
+                    reseeder.reseed(self._runtime, self._objects, frame, reverse, self.object_batch_size,
+                                    first_id=self._next_new_id())
                 found: tuple[DivisionProposal, ...] = ()
                 if finder is not None and not reverse:
                     tracked = [obj for obj in objects if frame not in obj.cond]

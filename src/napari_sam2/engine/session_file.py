@@ -4,7 +4,8 @@ The file holds what the user did, not what the model computed: every object's pr
 masks) in napari (row, col) = (y, x) frame coordinates, object ids, intensity and post-processing
 settings, the model's name and the movie's shape, and (from version 2) the lineage: links, start frames,
 rejected division proposals and pending ones (their two parts run-length encoded). Version 1 files, without
-a lineage, still load. JSON keeps it human-readable and diffable; masks
+a lineage, still load, and a session without any lineage is written as version 1, so that older napari-sam2
+versions open it. JSON keeps it human-readable and diffable; masks
 are run-length encoded. Results are not stored: they are recomputed from the prompts (one decoder pass
 per prompted frame on load, ``propagate()`` for the rest), which keeps files small and exact.
 
@@ -49,9 +50,10 @@ def save_session(session: TrackingSession, path: str | os.PathLike) -> Path:
     Results are not saved: :func:`load_session` recomputes them."""
     path = Path(path)
     model = session.model
+    lineage = session.lineage_state()
     document = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": FORMAT_VERSION if lineage != LineageState() else 1,
         "axes": "napari order: movie (T, Y, X[, C]); points (row, col) = (y, x); boxes (y0, x0, y1, x1)",
         "model": {"name": model.source or model.config.name, "config": model.config.name,
                   "image_size": model.image_size},
@@ -59,11 +61,13 @@ def save_session(session: TrackingSession, path: str | os.PathLike) -> Path:
         "settings": session.settings(),
         "objects": [
             {"obj_id": obj_id,
-             "prompts": [_frame_to_json(frame, steps) for frame, steps in sorted(session.prompt_history(obj_id).items())]}
+             "prompts": [_frame_to_json(frame, steps)
+                         for frame, steps in sorted(session.prompt_history(obj_id).items())]}
             for obj_id in session.obj_ids
         ],
-        "lineage": _lineage_to_json(session.lineage_state()),
     }
+    if lineage != LineageState():
+        document["lineage"] = _lineage_to_json(lineage)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_target(path) as partial:
         partial.write_text(_readable_json(document) + "\n", encoding="utf-8")
@@ -144,17 +148,18 @@ def _lineage_to_json(state: LineageState) -> dict[str, Any]:
         "parents": [list(pair) for pair in state.parents],
         "starts": [list(pair) for pair in state.starts],
         "rejected": [list(pair) for pair in state.rejected],
+        "rejected_splits": [list(pair) for pair in state.rejected_splits],
         "proposals": [{"frame": p.frame, "parent": p.parent, "kind": p.kind,
                        "daughters": None if p.daughters is None else list(p.daughters),
-                       "parts_rle": [encode_mask_rle(part) for part in p.parts]} for p in state.proposals],
+                       "parts_rle": [part.rle() for part in p.compact_parts]} for p in state.proposals],
     }
 
 
 def _lineage_from_json(item: Any, frame_shape: tuple[int, int], path: Any) -> LineageState:
     """Inverse of :func:`_lineage_to_json`; a malformed entry is a SessionFileError naming the file."""
     try:
-        pairs = {key: tuple((int(a), int(b)) for a, b in item.get(key, [])) for key in ("parents", "starts",
-                                                                                     "rejected")}
+        keys = ("parents", "starts", "rejected", "rejected_splits")
+        pairs = {key: tuple((int(a), int(b)) for a, b in item.get(key, [])) for key in keys}
         proposals = tuple(
             DivisionProposal(int(p["frame"]), int(p["parent"]),
                              tuple(decode_mask_rle(runs, frame_shape, path) for runs in p["parts_rle"]),
@@ -164,8 +169,9 @@ def _lineage_from_json(item: Any, frame_shape: tuple[int, int], path: Any) -> Li
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, SessionFileError):
             raise
-        raise SessionFileError(f"the lineage in {path} is malformed ({exc}); fix or remove its \"lineage\" entry") from exc
-    return LineageState(pairs["parents"], pairs["starts"], pairs["rejected"], proposals)
+        raise SessionFileError(f"the lineage in {path} is malformed ({exc}); fix or remove its "
+                               "\"lineage\" entry") from exc
+    return LineageState(pairs["parents"], pairs["starts"], pairs["rejected"], proposals, pairs["rejected_splits"])
 
 
 def _readable_json(value: Any, indent: str = "") -> str:

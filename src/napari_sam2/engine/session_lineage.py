@@ -39,6 +39,7 @@ class LineageMethods:
 
     frame_shape: tuple[int, int]
     _existing: Callable[[int], TrackedObject]  # TrackingSession's: the object, or UnknownObjectError
+    _next_new_id: Callable[[], int]  # the population mixin's: where ids the session creates itself start
 
     # ------------------------------------------------------------------ reading
     def lineage(self) -> dict[int, int]:
@@ -57,13 +58,16 @@ class LineageMethods:
 
     # ------------------------------------------------------------------ curation
     @torch.inference_mode()
-    def divide(self, obj_id: int, frame: int, daughter_masks: Sequence[Any]) -> list[int]:
+    def divide(self, obj_id: int, frame: int, daughter_masks: Sequence[Any],
+               daughter_ids: Sequence[int] | None = None) -> list[int]:
         """Object ``obj_id`` divides on ``frame``: it ends at ``frame - 1`` (its results after that are removed,
-        it is not tracked past it), and each bool (Y, X) mask of ``daughter_masks`` (two or more, on ``frame``)
-        becomes a new object (the next free ids, returned in order) with that mask as its prompt on ``frame``,
-        starting there (never tracked before it) with ``obj_id`` as its parent. Refused (LineageError, nothing
-        changed) when the object has prompts on or after ``frame``, starts on or after it, or divided already."""
-        return self._divide(obj_id, frame, daughter_masks, in_run=False)
+        it is not tracked past it), and each bool (Y, X) mask of ``daughter_masks`` (two or more, on ``frame``,
+        no pixel in two of them) becomes a new object with that mask as its prompt on ``frame``, starting there
+        (never tracked before it) with ``obj_id`` as its parent. The daughters' ids are ``daughter_ids`` (one per
+        mask, ids no object has) or else the next new ids (see :meth:`new_ids_from`); returned in order. Refused
+        (LineageError, nothing changed) when the object has prompts on or after ``frame``, starts on or after
+        it, or divided already, or an id is taken."""
+        return self._divide(obj_id, frame, daughter_masks, in_run=False, daughter_ids=daughter_ids)
 
     def link(self, child: int, parent: int) -> None:
         """Make ``parent`` the parent of ``child`` (manual curation): the child starts at its earliest prompted
@@ -83,10 +87,15 @@ class LineageMethods:
         left. Also lifts the start kept by a child whose parent was removed."""
         self._lineage.unlink(self._existing(check_obj_id(child)).obj_id)
 
-    def accept_division(self, proposal: DivisionProposal) -> list[int]:
+    def accept_division(self, proposal: DivisionProposal, daughter_ids: Sequence[int] | None = None) -> list[int]:
         """Apply a proposal (pending or not): link its ``daughters`` to its parent when it names them, else
-        :meth:`divide` the parent with its ``parts``. Returns the daughter ids."""
-        return self._accept(proposal, in_run=False)
+        :meth:`divide` the parent with its ``parts`` (the new daughters get ``daughter_ids`` when given, as in
+        :meth:`divide`). Returns the daughter ids."""
+        if daughter_ids is not None and proposal.daughters is not None \
+                and tuple(int(d) for d in daughter_ids) != proposal.daughters:
+            raise LineageError(f"this proposal links the existing objects {proposal.daughters}; daughter_ids only "
+                               "name daughters that accepting creates")
+        return self._accept(proposal, in_run=False, daughter_ids=daughter_ids)
 
     def reject_division(self, proposal: DivisionProposal) -> None:
         """Drop a proposal: the object keeps going, and the same (frame, parent) is not proposed again."""
@@ -101,21 +110,25 @@ class LineageMethods:
     def restore_lineage(self, state: LineageState) -> None:
         """Go back to a :meth:`lineage_state` snapshot; results outside the restored spans are removed. A
         snapshot naming objects that are gone is refused (LineageError) before anything changes."""
-        self._lineage.restore(state, self._objects)
+        prompted = {obj_id: obj.prompt_steps for obj_id, obj in self._objects.items()}
+        self._lineage.restore(state, prompted, self.source.num_frames)
         self._trim_to_spans(self._objects)
 
     # ------------------------------------------------------------------ internals
     def _check_prompt_spans(self, prompts: Iterable[tuple[int, int]]) -> None:
         """Refuse (frame, obj_id) prompts outside their objects' spans (one line: see Lineage.check_prompt)."""
+        spans = self._lineage.spans()  # once: each span() call scans every link
         for frame, obj_id in prompts:
-            self._lineage.check_prompt(obj_id, frame)
+            if obj_id in spans:
+                self._lineage.check_prompt(obj_id, frame, spans[obj_id])
 
     def _trim_to_spans(self, obj_ids: Iterable[int]) -> None:
         """Remove the tracked results of these objects outside their spans (prompts are never outside)."""
+        spans = self._lineage.spans()
         for obj_id in obj_ids:
-            start, end = self._lineage.span(obj_id)
-            if start is None and end is None:
+            if obj_id not in spans:
                 continue
+            start, end = spans[obj_id]
             obj = self._objects[obj_id]
             outside = [t for t in {*obj.tracked, *obj.direction}
                        if (start is not None and t < start) or (end is not None and t > end)]
@@ -127,7 +140,8 @@ class LineageMethods:
             if outside:
                 obj.changed()
 
-    def _divide(self, obj_id: int, frame: int, daughter_masks: Sequence[Any], in_run: bool) -> list[int]:
+    def _divide(self, obj_id: int, frame: int, daughter_masks: Sequence[Any], in_run: bool,
+                daughter_ids: Sequence[int] | None = None) -> list[int]:
         """:meth:`divide`; ``in_run``: during a forward propagation, so the daughters' memories are encoded now
         and they are tracked from the next frame of the run."""
         frame = self.source.check_index(frame)
@@ -140,13 +154,16 @@ class LineageMethods:
         empty = [i for i, mask in enumerate(masks) if not mask.any()]
         if empty:
             raise ValueError(f"daughter mask(s) {empty} are empty; paint each daughter on frame {frame}")
+        shared = int(np.count_nonzero(np.sum(masks, axis=0, dtype=np.int32) > 1))
+        if shared:
+            raise ValueError(f"the daughter masks overlap on {shared} pixel(s) of frame {frame}; give each pixel to "
+                             "one daughter")
         children = self._lineage.children(parent.obj_id)
         if children:
             raise LineageError(f"object {obj_id} divided already (into {', '.join(map(str, children))}); unlink its "
                                f"daughters first")
-        first = max(self._objects) + 1
-        ids = list(range(first, first + len(masks)))
-        self._lineage.check_link(first, parent.obj_id, frame, parent.prompt_steps)
+        ids = self._daughter_ids(daughter_ids, len(masks))
+        self._lineage.check_link(ids[0], parent.obj_id, frame, parent.prompt_steps)
         fresh: dict[int, TrackedObject] = {}
         apply_mask_prompts(self._runtime, fresh, [(frame, i, CompactMask.of(m)) for i, m in zip(ids, masks)],
                            self.object_batch_size)
@@ -159,11 +176,27 @@ class LineageMethods:
         self._trim_to_spans([parent.obj_id])
         return ids
 
-    def _accept(self, proposal: DivisionProposal, in_run: bool) -> list[int]:
+    def _daughter_ids(self, daughter_ids: Sequence[int] | None, count: int) -> list[int]:
+        """The ids of ``count`` new daughters: ``daughter_ids`` checked (distinct, free), or the next new ids."""
+        if daughter_ids is None:
+            first = self._next_new_id()
+            return list(range(first, first + count))
+        ids = [check_obj_id(i) for i in daughter_ids]
+        if len(ids) != count or len(set(ids)) != count or min(ids) < 1:
+            raise ValueError(f"daughter_ids must be {count} distinct ids >= 1, one per daughter mask; got "
+                             f"{list(daughter_ids)}")
+        taken = sorted(set(ids) & set(self._objects))
+        if taken:
+            raise LineageError(f"object id(s) {taken} are taken; choose daughter ids no object has")
+        return ids
+
+    def _accept(self, proposal: DivisionProposal, in_run: bool,
+                daughter_ids: Sequence[int] | None = None) -> list[int]:
         if not isinstance(proposal, DivisionProposal):
             raise TypeError(f"accept_division takes a DivisionProposal, got {type(proposal).__name__}")
         if proposal.daughters is None:
-            return self._divide(proposal.parent, proposal.frame, list(proposal.parts), in_run)
+            return self._divide(proposal.parent, proposal.frame, list(proposal.parts), in_run,
+                                daughter_ids)
         parent = self._existing(proposal.parent)
         daughters = [self._existing(d) for d in proposal.daughters]
         for daughter in daughters:  # both checked before either is linked
@@ -179,6 +212,7 @@ class LineageMethods:
         """The proposals made on a forward-tracked ``frame`` (kept pending, or applied at once when ``auto``;
         one that cannot be applied stays pending)."""
         segmented = reseeder.segmented.get(frame, ()) if reseeder is not None else ()
+        self._lineage.drop_pending(frame)  # looked at again: what is not found again goes
         made = [p for p in finder.find(self._runtime, self._objects, tracked, frame, self._lineage, segmented)
                 if self._lineage.offer(p)]
         if auto:

@@ -32,6 +32,7 @@ class PopulationMethods:
     _runtime: ModelRuntime
     _objects: dict[int, TrackedObject]
     _presence: Presence
+    _new_id_floor: int
     _check_prompt_spans: Callable[[Iterable[tuple[int, int]]], None]  # from the lineage mixin
 
     frame_shape: tuple[int, int]
@@ -79,13 +80,23 @@ class PopulationMethods:
         apply_mask_prompts(runtime, self._objects, prompts, self.object_batch_size)
         return [obj_id for _, obj_id, _ in prompts]
 
+    def new_ids_from(self, first: int) -> None:
+        """Objects the session creates itself (daughters of :meth:`divide` / :meth:`accept_division`,
+        re-seeded cells, :meth:`segment_all` without ``first_id``) get ids >= ``first`` and above every
+        existing object: e.g. ``first`` one above every label of a napari Labels layer, so that a new object
+        never takes the value of a label painted there (the session does not see the layer)."""
+        self._new_id_floor = _checked_id("first", first)
+
+    def _next_new_id(self) -> int:
+        """The id of the next object the session creates itself (see :meth:`new_ids_from`)."""
+        return max(max(self._objects, default=0) + 1, self._new_id_floor)
+
     def _first_new_id(self, first_id: int | None) -> int:
-        """The first id of new objects: ``first_id`` checked, or one above every existing id."""
+        """The first id of new objects: ``first_id`` checked, or :meth:`_next_new_id`."""
         top = max(self._objects, default=0)
         if first_id is None:
-            return top + 1
-        if isinstance(first_id, bool) or not isinstance(first_id, (int, np.integer)) or first_id < 1:
-            raise ValueError(f"first_id must be an integer >= 1, got {first_id!r}")
+            return self._next_new_id()
+        _checked_id("first_id", first_id)
         if first_id <= top:
             raise ValueError(f"first_id {first_id} is not above every existing object id (the largest is {top})")
         return int(first_id)
@@ -106,3 +117,10 @@ class PopulationMethods:
         frames in a row (in :attr:`obj_ids` order). A new prompt for one revives it (it leaves this list at
         once); its results up to the stop are kept."""
         return self._presence.stopped(self._objects)
+
+
+def _checked_id(name: str, value: Any) -> int:
+    """An object id argument: an integer >= 1 (else one ValueError line)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)

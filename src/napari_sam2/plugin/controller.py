@@ -1,6 +1,7 @@
 """What the dock widget does, without Qt: prompts in, masks out, through one :class:`~napari_sam2.TrackingSession`.
 
-Two kinds of methods. *Work* (``compute_prompt``, ``mask_writes``, ``propagation``, ``replayed``, ``loaded``) runs in a worker thread on the session passed to it and returns
+Two kinds of methods. *Work* (``compute_prompt``, ``mask_writes``, ``propagation``, ``replayed``, ``loaded``) runs
+in a worker thread on the session passed to it and returns
 :class:`FrameWrite` s; it never touches a napari layer or changes the controller's state, so a job whose target went
 away cannot disturb the new one (``replayed`` reads the target, which a job keeps until it has finished). The one
 exception is :attr:`TrackingController.frame_labels`, the engine's last label images by frame and session (see
@@ -35,7 +36,8 @@ from .track_target import TargetError, TrackTarget
 class FrameWrite:
     """A label image (Y, X) for ``frame``, to be written for the objects ``obj_ids`` only.
 
-    ``focus`` is the object a prompt was just given for (or the parent of a division): it is written as computed. The frame's other objects are
+    ``focus`` is the object a prompt was just given for (or the parent of a division): it is written as computed.
+    The frame's other objects are
     written too (where objects overlap the higher logit wins) unless the user has edited them there since the engine
     last wrote them. ``exact`` maps objects whose prompt on this frame is a mask (painted, or seeded) to that mask,
     as the session keeps it (``FramePrompt.compact_mask``: its bounding-box crop, ``bounds`` (row0, col0, row1, col1)):
@@ -128,7 +130,8 @@ class TrackingController:
         (empty ones mean: the user removed every prompt there)."""
         keys = sorted(set(prompts) | set(self._sent))
         empty = FramePrompts(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), None)
-        return [(key, prompts.get(key, empty)) for key in keys if not prompts.get(key, empty).same_as(self._sent.get(key))]
+        return [(key, prompts.get(key, empty)) for key in keys
+                if not prompts.get(key, empty).same_as(self._sent.get(key))]
 
     def note_sent(self, key: PromptKey, prompts: FramePrompts) -> FramePrompts | None:
         """Record that ``prompts`` are being given to the session (before the job runs: a prompt the session refuses,
@@ -201,16 +204,19 @@ class TrackingController:
             yield self._output_write(session, output, dtype)
 
     def propagation(self, session: TrackingSession, start: int, direction: str, first: int, last: int,
-                    dtype: np.dtype, divisions: str = "propose") -> Iterator[FrameWrite]:
+                    dtype: np.dtype, divisions: str = "propose",
+                    division_options: Any = None) -> Iterator[FrameWrite]:
         """Track every prompted object from ``start`` over frames ``first..last``, frame by frame; ``divisions``
-        ("propose", "auto" or "off") is the session's division rule for the run (each write carries the proposals
-        made on its frame)."""
+        ("propose", "auto" or "off") is the session's division rule for the run, ``division_options`` its
+        thresholds (a DivisionOptions; None: the engine's defaults). Each write carries the proposals made on its
+        frame."""
         self.frame_labels.clear()
         for obj_id in session.obj_ids:  # objects whose prompts were all removed cannot be tracked
             if not session.prompted_frames(obj_id):
                 session.remove_object(obj_id)
         for run_start, run_direction, span in _runs(start, direction, first, last):
-            runs = session.propagate(run_start, run_direction, span, divisions=divisions)
+            runs = session.propagate(run_start, run_direction, span, divisions=divisions,
+                                     division_options=division_options)
             with closing(runs) as frames:  # closed here on cancel
                 for output in frames:
                     yield self._output_write(session, output, dtype)

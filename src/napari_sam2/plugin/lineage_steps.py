@@ -32,13 +32,31 @@ class PlaneChange:
 @dataclass
 class LineageStep:
     """One undoable lineage step: ``lineage`` is the session's ``lineage_state()`` before it, ``new_ids`` the objects
-    it created (taken out again on undo), ``changes`` what it wrote into the Labels layer (one undo step there)."""
+    it created (taken out again on undo), ``changes`` what it wrote into the Labels layer (one undo step there),
+    ``obj_ids`` the objects whose span it changed (their pixels follow the lineage again on undo), ``drawn`` the
+    objects drawn for it (a manual division's daughters: removed on undo, as a cancel does) and ``frame`` the first
+    frame of its daughters."""
 
     what: str
     session: Any
     lineage: Any
     new_ids: tuple[int, ...] = ()
     changes: list[PlaneChange] = field(default_factory=list)
+    obj_ids: tuple[int, ...] = ()
+    drawn: tuple[int, ...] = ()
+    frame: int = 0
+
+
+def step_names(step: LineageStep, obj_id: int) -> bool:
+    """Whether ``step`` (its objects, or its lineage snapshot: links, starts, proposals) names ``obj_id``: once
+    that object is removed, the session refuses to restore the snapshot, so the step can no longer be undone."""
+    state = step.lineage
+    named = {*step.new_ids, *step.obj_ids}
+    named.update(i for pair in getattr(state, "parents", ()) for i in pair)
+    named.update(i for i, _ in getattr(state, "starts", ()))
+    for proposal in getattr(state, "proposals", ()):
+        named.update((proposal.parent, *(proposal.daughters or ())))
+    return obj_id in named
 
 
 def frames_holding(read_frame: Any, obj_ids: Iterable[int], first: int, stop: int) -> list[int]:

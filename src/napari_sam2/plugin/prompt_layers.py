@@ -96,7 +96,8 @@ def _feature(layer: Any, name: str, default: Any, n: int) -> np.ndarray:
     return np.full(n, default)
 
 
-def read_prompts(target: TrackTarget, points_layer: Any = None, shapes_layer: Any = None) -> dict[PromptKey, FramePrompts]:
+def read_prompts(target: TrackTarget, points_layer: Any = None,
+                 shapes_layer: Any = None) -> dict[PromptKey, FramePrompts]:
     """Every (frame, obj_id) that has clicks or a box in the prompt layers, with its prompts in (row, col) pixels.
 
     Points and boxes that lie on another plane of a fixed axis (e.g. another Z of a 4-D movie) or outside the movie are

@@ -17,7 +17,8 @@ from typing import Any
 
 from napari.layers import Points, Shapes
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import QFileDialog, QSizePolicy, QWidget
 
 from ..device import mps_fallback_status
@@ -36,7 +37,8 @@ from .widget_objects import ObjectActions
 from .widget_population import PopulationActions
 from .widget_run import RunActions, describe_frames
 
-# Shortcut -> (widget method name, what it does); bound on the prompt layers and the output Labels layer.
+# Shortcut -> (widget method name, what it does); bound on the prompt layers and the output Labels layer, except
+# those of LAYER_KEYS_KEPT (napari's own there).
 SHORTCUTS = {
     "T": ("toggle_click_polarity", "switch new clicks between positive (green) and negative (red)"),
     "Shift-N": ("new_object", "new object (next free label)"),
@@ -47,6 +49,9 @@ SHORTCUTS = {
     "Shift-C": ("cancel", "cancel the running propagation"),
     "Escape": ("cancel_division", "cancel the division under way (Divide here)"),
 }
+# Keys napari binds itself on some layers (Escape: finish a shape, reset a Labels polygon): bound only on the clicks
+# (Points) layer, where the daughters of a manual division are clicked, and on the widget itself.
+LAYER_KEYS_KEPT = ("Escape",)
 WIDGET_WIDTH = 330  # pixels: narrow enough to leave the canvas its right side on a laptop screen
 
 
@@ -75,11 +80,13 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
         self.visibility: Any = None  # the output layer's LabelVisibility (which objects are hidden)
         self._seeding: Any = None  # the running segment-all / seed-from-labels job's state (widget_population)
         self.segment_options: Any = None  # AutomaticMaskOptions of "Segment all" (None: the engine's defaults)
+        self.division_options: Any = None  # DivisionOptions of propagations (None: the engine's defaults)
         self._init_lineage()
         build_controls(self)
         self.setMaximumWidth(WIDGET_WIDTH)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
         self._connect_controls()
+        self._bind_widget_shortcuts()
         self.setToolTip("Keyboard shortcuts (with a SAM 2 layer selected):\n" + shortcut_help())
         self.dwell = DwellPrecompute(self)
         self.runner.changed.connect(self._on_runner_changed)
@@ -106,7 +113,7 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
         self.propagate_button.clicked.connect(lambda: self.propagate())
         self.cancel_button.clicked.connect(self.cancel)
         slots = (self._on_save_session, self._on_load_session, self._on_export_tiff, self._on_export_ctc,
-                 self.add_tracks_layer)
+                 self._on_export_geff, self.add_tracks_layer)
         for text, slot in zip(FILE_ACTIONS, slots, strict=True):
             self.file_buttons[text].clicked.connect(slot)
 
@@ -268,9 +275,19 @@ class SAM2TrackingWidget(LayerBinding, ObjectActions, RunActions, PopulationActi
         set_prompt_defaults(self.points_layer, positive=not negative)
 
     def _bind_shortcuts(self, layer: Any) -> None:
-        """Bind every key of SHORTCUTS on ``layer`` to its widget method."""
+        """Bind the keys of SHORTCUTS on ``layer`` to their widget methods (those of LAYER_KEYS_KEPT on the clicks
+        layer only: napari's own stay on the Shapes and Labels layers)."""
         for key, (method, _) in SHORTCUTS.items():
-            layer.bind_key(key, self._shortcut(method), overwrite=True)
+            if key not in LAYER_KEYS_KEPT or isinstance(layer, Points):
+                layer.bind_key(key, self._shortcut(method), overwrite=True)
+
+    def _bind_widget_shortcuts(self) -> None:
+        """Keys of LAYER_KEYS_KEPT also act while the dock widget has the focus."""
+        for key in LAYER_KEYS_KEPT:
+            method = SHORTCUTS[key][0]
+            shortcut = QShortcut(QKeySequence(key), self)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(getattr(self, method))
 
     def _shortcut(self, method: str) -> Callable[[Any], None]:
         def run(_layer: Any) -> None:

@@ -1,7 +1,9 @@
 """Manual division in the dock widget: select the parent, go to the frame, press "Divide here", then click (or paint
 and send, Shift-M) each of the two daughters on that frame as any new object; both are then linked to the parent
 (``session.link``), which ends the frame before. Esc or a second press cancels (the daughters drawn so far go, the
-parent's pixels they covered come back). A one-line status message says what to do at each step.
+parent's pixels they covered come back); so does Undo of the finished division (the daughters it drew go too). A
+division under way ends when its session is replaced (restart, another image, a loaded file) or its parent
+removed. A one-line status message says what to do at each step.
 
 A mixin of :class:`~napari_sam2.plugin.widget.SAM2TrackingWidget`, through
 :class:`~napari_sam2.plugin.widget_lineage.LineageActions` (which writes the step, :meth:`_lineage_job`). Frames are
@@ -18,9 +20,10 @@ DIVIDE_TEXT = "Divide here"
 
 @dataclass
 class ManualDivision:
-    """A manual division under way: the parent, the frame its daughters start on, the daughters drawn so far and
-    the object waiting for its first prompt there."""
+    """A manual division under way in ``session``: the parent, the frame its daughters start on, the daughters
+    drawn so far and the object waiting for its first prompt there."""
 
+    session: Any
     parent: int
     frame: int
     daughters: list[int] = field(default_factory=list)
@@ -55,7 +58,7 @@ class ManualDivisionActions:
             return False
         if self._refuse_while_working("divide"):
             return False
-        self._dividing = ManualDivision(parent, frame)
+        self._dividing = ManualDivision(session, parent, frame)
         self.divide_button.setText("Cancel division (Esc)")
         self._next_daughter()
         return True
@@ -79,8 +82,7 @@ class ManualDivisionActions:
         if len(division.daughters) < 2:
             self._next_daughter()
             return
-        self._dividing = None
-        self.divide_button.setText(DIVIDE_TEXT)
+        self._end_manual_division()
         parent, daughters = division.parent, list(division.daughters)
 
         def link_both(s: Any) -> list[int]:
@@ -88,10 +90,18 @@ class ManualDivisionActions:
                 s.link(daughter, parent)
             return daughters
 
-        self._lineage_job(f"divide object {parent}", link_both, parent, frame,
-                          lambda ids: f"Object {parent} divided into {ids[0]} and {ids[1]} on frame {frame}: it ends "
-                                      f"at frame {frame - 1}. Propagate forward from frame {frame} to track them.",
-                          daughters=daughters, queue=True)  # (called back by the daughter's prompt job, which is still running)
+        def said(ids: list[int]) -> str:
+            return (f"Object {parent} divided into {ids[0]} and {ids[1]} on frame {frame}: it ends at frame "
+                    f"{frame - 1}. Propagate forward from frame {frame} to track them.")
+
+        # (queued: called back by the daughter's prompt job, which is still running)
+        self._lineage_job(f"the division of object {parent}", link_both, parent, frame, said, daughters=daughters,
+                          queue=True, drawn=daughters)
+
+    def _end_manual_division(self) -> None:
+        """Forget the division under way (its objects stay as they are)."""
+        self._dividing = None
+        self.divide_button.setText(DIVIDE_TEXT)
 
     def cancel_division(self) -> None:
         """Cancel the manual division under way (Esc): the daughters drawn so far are removed again."""
@@ -100,14 +110,19 @@ class ManualDivisionActions:
             return
         if self._refuse_while_working("cancel the division"):
             return
-        self._dividing = None
-        self.divide_button.setText(DIVIDE_TEXT)
-        for obj_id in [*division.daughters, division.pending]:
+        self._end_manual_division()
+        self._remove_daughters(division.parent, division.frame, [*division.daughters, division.pending])
+        self._say(f"Division cancelled: object {division.parent} goes on as before.")
+
+    def _remove_daughters(self, parent: int, frame: int, daughters: list[int | None], rewrite: bool = True) -> None:
+        """Remove the daughters drawn for a manual division (cancelled, or undone); with ``rewrite`` the parent's
+        pixels they covered on ``frame`` come back (a cancel: the session still has them; an undone division does
+        not, they come back at the next propagation)."""
+        for obj_id in daughters:
             if obj_id is not None and obj_id in self.objects:
                 self.remove_object(obj_id, quiet=True)
         session = self.controller.session
-        if session is not None and division.parent in session.obj_ids:  # where a daughter covered it, it is back
-            self._write_all(self.controller.object_writes(session, [division.frame], [division.parent],
-                                                          self.controller.label_dtype))
-        self.objects.select_id(division.parent)
-        self._say(f"Division cancelled: object {division.parent} goes on as before.")
+        if rewrite and session is not None and parent in session.obj_ids:  # where a daughter covered it, it is back
+            self._write_all(self.controller.object_writes(session, [frame], [parent], self.controller.label_dtype))
+        if parent in self.objects:
+            self.objects.select_id(parent)

@@ -1,5 +1,7 @@
-"""The dock widget's file actions: save and load a session, export labels (TIFF, Cell Tracking Challenge), add a
-Tracks layer with the session's lineage graph (kept up to date as divisions are curated).
+"""The dock widget's file actions: save and load a session, export labels (TIFF, Cell Tracking Challenge, GEFF), add
+a Tracks layer with the session's lineage graph (kept up to date as divisions are curated). The lineage exported
+and shown is the session's, less the links that no longer fit the layer (e.g. a daughter erased by hand): those
+are left out, named in one warning (:mod:`.lineage_fit`).
 
 A mixin of :class:`~napari_sam2.plugin.widget.SAM2TrackingWidget`. Exports read the output Labels layer's tracked
 plane, (T, Y, X) with (row, col) = (y, x), one frame at a time. Loading a session retires the running job and
@@ -13,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QFileDialog
 
 from ..engine.session_file import save_session
 from ..exports import lineage_tracks, write_ctc, write_label_tiff
-from ..label_tracks import ParentsError
+from ..geff_files import write_geff
 from .job_runner import Job
+from .lineage_fit import describe_dropped, fitting_links
 from .prompt_layers import add_session_prompts, read_prompts, set_prompt_defaults
 
 
@@ -85,23 +89,47 @@ class FileActions:
 
     def export_ctc(self, directory: str | Path, overwrite: bool = False) -> list:
         """Write the output Labels layer's tracked plane as a Cell Tracking Challenge result folder, with the
-        session's lineage as the tracks' parents (``res_track.txt``)."""
-        return write_ctc(directory, self._label_stack(), overwrite=overwrite, parents=self._parents())
+        session's lineage as the tracks' parents (``res_track.txt``; links that do not fit the layer are left out,
+        with a warning in the status line)."""
+        labels = self._label_stack()
+        parents, note = self._fitting_parents(labels)
+        written = write_ctc(directory, labels, overwrite=overwrite, parents=parents)
+        self._said_exported(f"{len(written)} tracks written to {directory}.", note)
+        return written
+
+    def export_geff(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the output Labels layer's tracked plane and the session's lineage as a GEFF zarr folder (links that
+        do not fit the layer are left out, with a warning in the status line)."""
+        labels = self._label_stack()
+        parents, note = self._fitting_parents(labels)
+        written = write_geff(path, labels, parents, overwrite=overwrite)
+        self._said_exported(f"Tracks and lineage written to {written}.", note)
+        return written
 
     def _parents(self) -> dict[int, int]:
         session = self.controller.session
         return session.lineage() if session is not None else {}
 
+    def _fitting_parents(self, labels: Any) -> tuple[dict[int, int], str]:
+        """The session's links that fit ``labels``, and the one-line note naming those left out ("" if none)."""
+        parents = self._parents()
+        kept, dropped = fitting_links(labels, parents)
+        return kept, describe_dropped(parents, dropped)
+
+    def _said_exported(self, text: str, note: str) -> None:
+        """Status line after an export; a warning too when links were left out (``note``)."""
+        if note:
+            note = f"{note[0].upper()}{note[1:]}."
+            show_warning(note)
+        self._say(f"{text} {note}".strip())
+
     def _tracks_of_labels(self) -> tuple[np.ndarray, dict[int, list[int]], str]:
-        """napari Tracks (data, graph) of the output layer with the session's lineage, and a note when the lineage
-        does not fit the labels (e.g. a daughter erased by hand): then the graph is left out."""
+        """napari Tracks (data, graph) of the output layer with the session's lineage, and a note naming the links
+        that no longer fit the labels (e.g. a daughter erased by hand): those are left out of the graph."""
         labels = self._label_stack()
-        try:
-            data, graph = lineage_tracks(labels, self._parents())
-            return data, graph, ""
-        except ParentsError as error:
-            data, graph = lineage_tracks(labels, {})
-            return data, graph, f" Without the lineage graph: {error}."
+        parents, note = self._fitting_parents(labels)
+        data, graph = lineage_tracks(labels, parents)
+        return data, graph, f" {note[0].upper()}{note[1:]}." if note else ""
 
     def add_tracks_layer(self) -> Any:
         """Add a napari Tracks layer with each object's centroid (row, col) per frame and the lineage graph (a
@@ -126,7 +154,7 @@ class FileActions:
         n_tracks = len(np.unique(data[:, 0]))
         self._say(f"Tracks layer {layer.name!r} added: {n_tracks} track{'s' if n_tracks != 1 else ''}, "
                   f"{len(data)} points, {len(graph)} division link{'s' if len(graph) != 1 else ''}. It follows the "
-                  f"divisions you curate; add it again after propagating.{note}")
+                  f"divisions you curate and each propagation.{note}")
         return layer
 
     def refresh_tracks(self) -> None:
@@ -163,8 +191,13 @@ class FileActions:
     def _on_export_ctc(self) -> None:
         directory = QFileDialog.getExistingDirectory(self, "Export a Cell Tracking Challenge result folder")
         if directory:
-            self._guarded(lambda: self._say(f"{len(self.export_ctc(directory, overwrite=True))} tracks written "
-                                            f"to {directory}."))
+            self._guarded(lambda: self.export_ctc(directory, overwrite=True))
+
+    def _on_export_geff(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export tracks and lineage as GEFF", "tracks.geff",
+                                              "GEFF (*.geff *.zarr)")
+        if path:
+            self._guarded(lambda: self.export_geff(path, overwrite=True))
 
     def _guarded(self, action: Callable[[], Any]) -> None:
         try:

@@ -3,7 +3,8 @@
 A mixin of :class:`~napari_sam2.plugin.widget.SAM2TrackingWidget` (it uses the widget's controls, controller and job
 runner). Changing the image or the axis, or removing the image, retires the running job and builds the new target
 only once that job has finished (see :mod:`.job_runner`). Changing or removing the output layer retires the job too
-(nothing of it reaches any layer any more) and takes the new layer at once: the job only computes on the session. Axis order is napari's: the image layer's leading axes, then (row, col) = (y, x).
+(nothing of it reaches any layer any more) and takes the new layer at once: the job only computes on the session.
+Axis order is napari's: the image layer's leading axes, then (row, col) = (y, x).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class LayerBinding:
             self.target_label.setText("")
         self._refresh_labels_choices(keep=previous_output)
         self._ensure_layers()
+        self.refresh_lineage()  # the old session's proposals, steps and a division under way end with it
         self._on_prompts_edited()  # prompts already in the layers go to the new session
 
     def _on_labels_changed(self, _index: int = 0) -> None:

@@ -22,14 +22,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..engine.divisions import DIVISION_MODES
 from ..weights import DEFAULT_MODEL, KNOWN_MODELS
 from .division_review import DivisionReview
 from .object_list import ObjectList
 
 CUSTOM_CHECKPOINT = "custom checkpoint…"
 DIRECTIONS = ("forward", "backward", "both")
-DIVISION_CHOICES = ("propose", "auto", "off")  # the engine's divisions= modes (propose: listed for review)
-FILE_ACTIONS = ("Save session", "Load session", "TIFF", "CTC", "Tracks layer")
+DIVISION_CHOICES = DIVISION_MODES  # the engine's divisions= modes (propose: listed for review)
+FILE_ACTIONS = ("Save session", "Load session", "TIFF", "CTC", "GEFF", "Tracks layer")
 
 
 def build_controls(widget: Any) -> None:
@@ -96,6 +97,13 @@ def build_controls(widget: Any) -> None:
                                "daughters; it ends the frame before. Esc or a second press cancels.")
     w.unlink_button = QPushButton("Unlink")
     w.unlink_button.setToolTip("Remove the selected object's link to its parent.")
+    w.link_parent_spin = QSpinBox()
+    w.link_parent_spin.setRange(1, 2**31 - 1)
+    w.link_parent_spin.setPrefix("parent ")
+    w.link_parent_spin.setToolTip("The object the selected one is a daughter of (its id).")
+    w.link_button = QPushButton("Link")
+    w.link_button.setToolTip("Make the selected object a daughter of the parent id beside: the parent ends the frame "
+                             "before the selected object's first prompt.")
     w.undo_lineage_button = QPushButton("Undo")
     w.undo_lineage_button.setToolTip("Undo the last accept, reject, division, link or unlink: the lineage and the "
                                      "Labels layer's pixels together.")
@@ -117,9 +125,11 @@ def build_controls(widget: Any) -> None:
         ("Propagate", [("Direction", w.direction_combo), ("Frames", _row(w.first_spin, QLabel("to"), w.last_spin)),
                        ("Divisions", w.division_combo), w.follow_check, _row(w.propagate_button, w.cancel_button),
                        w.progress]),
-        ("Divisions", [w.divisions, _row(w.divide_button, w.unlink_button, w.undo_lineage_button)]),
+        ("Divisions", [w.divisions, _row(w.divide_button, w.unlink_button, w.undo_lineage_button),
+                       _row(w.link_parent_spin, w.link_button)]),
         ("Session and export", [_row(*(w.file_buttons[t] for t in FILE_ACTIONS[:2])),
-                                _row(*(w.file_buttons[t] for t in FILE_ACTIONS[2:]))]),
+                                _row(*(w.file_buttons[t] for t in FILE_ACTIONS[2:5])),
+                                _row(w.file_buttons[FILE_ACTIONS[5]])]),
     ):
         box = QGroupBox(title)
         form = QFormLayout(box)

@@ -7,7 +7,8 @@ temporary "division preview" Labels layer), and writes what a decision changes t
 division frame on the parent's pixels go and the daughters' appear, one undo step of the Labels layer; no other
 object's pixels and no edit of the user change. Every lineage step is kept (:mod:`.lineage_steps`) so that Undo in
 the Divisions box takes back the lineage and the Labels step together (:mod:`.widget_lineage_undo`, also after
-Ctrl-Z in the Labels layer). Manual division ("Divide here") is :mod:`.widget_division`. Frames are indices along
+Ctrl-Z in the Labels layer). Manual division ("Divide here") is :mod:`.widget_division`, Link / Unlink
+:mod:`.widget_links`. Frames are indices along
 the tracked axis; masks are (Y, X) with (row, col) = (y, x).
 """
 
@@ -20,14 +21,16 @@ import numpy as np
 
 from .division_review import describe_proposal
 from .job_runner import Job, JobEnd
+from .label_ids import next_free_label
 from .lineage_steps import LineageStep, frames_holding, plane_changes
 from .widget_division import ManualDivision, ManualDivisionActions
 from .widget_lineage_undo import LineageUndo
+from .widget_links import LinkActions
 
 PREVIEW_NAME = "division preview"
 
 
-class LineageActions(ManualDivisionActions, LineageUndo):
+class LineageActions(ManualDivisionActions, LinkActions, LineageUndo):
     """Division proposals, manual division, link / unlink and their undo."""
 
     def _init_lineage(self) -> None:
@@ -44,6 +47,7 @@ class LineageActions(ManualDivisionActions, LineageUndo):
         self.divisions.reject_requested.connect(self.reject_proposal)
         self.divide_button.clicked.connect(self.divide_here)
         self.unlink_button.clicked.connect(lambda: self.unlink_object())
+        self.link_button.clicked.connect(lambda: self.link_selected(self.link_parent_spin.value()))
         self.undo_lineage_button.clicked.connect(self.undo_lineage)
 
     # ------------------------------------------------------------------ what is shown
@@ -58,6 +62,9 @@ class LineageActions(ManualDivisionActions, LineageUndo):
         self.objects.set_parents(session.lineage() if session is not None else {})
         if self._lineage_steps and self._lineage_steps[-1].session is not session:
             self._lineage_steps.clear()  # steps of an earlier session (restart, another image, a loaded file)
+        division = self._dividing
+        if division is not None and (division.session is not session or division.parent not in session.obj_ids):
+            self._end_manual_division()  # its session was replaced, or its parent removed
         self.undo_lineage_button.setEnabled(bool(self._lineage_steps))
         if tracks:
             self.refresh_tracks()
@@ -164,60 +171,31 @@ class LineageActions(ManualDivisionActions, LineageUndo):
                   "there).")
         return True
 
-    # ------------------------------------------------------------------ link, unlink
-
-    def link_objects(self, child: int, parent: int) -> Job | None:
-        """Make ``parent`` the parent of ``child`` (``session.link``): the parent ends the frame before the child's
-        first prompt; the Labels layer follows. Returns the job (None when nothing was started)."""
-        session = self.controller.session
-        frames = session.prompted_frames(child) if session is not None and child in session.obj_ids else []
-        if not frames:
-            self._fail(f"object {child} has no prompt: give it one on its first frame before linking it")
-            return None
-        first = min(frames)
-        return self._lineage_job(f"link object {child} to {parent}", lambda s: (s.link(child, parent), [child])[1],
-                                 parent, first, lambda _: f"Object {child} linked to parent {parent}, which ends at "
-                                                          f"frame {first - 1}.", daughters=[child])
-
-    def unlink_object(self, child: int | None = None) -> bool:
-        """Remove the link of ``child`` (default: the selected object) to its parent; the parent's end is lifted
-        (its frames after come back at the next propagation). False when nothing was done."""
-        session = self.controller.session
-        child = self.objects.current_id if child is None else child
-        if session is None or child is None or self._refuse_while_working("unlink"):
-            return False
-        parent = session.lineage().get(child)
-        if parent is None:
-            self._say(f"Object {child} has no parent to unlink from.")
-            return False
-        state = session.lineage_state()
-        session.unlink(child)
-        self._push_step(LineageStep(f"the unlink of object {child} from {parent}", session, state))
-        self.refresh_lineage()
-        self._say(f"Object {child} unlinked from {parent}; propagate to track {parent} past its old end again.")
-        return True
-
     # ------------------------------------------------------------------ steps and their undo
 
-    def _lineage_job(self, name: str, step: Callable[[Any], list[int]], parent: int, first: int,
+    def _lineage_job(self, name: str, step: Callable[[Any], list[int]], parent: int | None, first: int,
                      said: Callable[[list[int]], str], daughters: Sequence[int] = (),
-                     queue: bool = False) -> Job | None:
+                     queue: bool = False, focus: bool = True, drawn: Sequence[int] = ()) -> Job | None:
         """Run a lineage ``step(session) -> daughters`` in the worker (a division may run the model on its parts),
         then write the parent's pixels from frame ``first`` on and the daughters' (the existing objects
-        ``daughters``: also before it, where they end) as one undo step, and keep the step. Refused while a job runs
-        unless ``queue`` (then it waits for that job)."""
+        ``daughters``: also before it, where they end) as one undo step, and keep the step. ``focus``: the parent
+        is written also where the user painted it (a division ends it there); ``drawn``: objects drawn for the step
+        (a manual division's daughters), removed when it is undone. Refused while a job runs unless
+        ``queue`` (then it waits for that job). Objects the step creates get ids above every label of the layer."""
         controller, writer = self.controller, self.controller.writer
         session = controller.session
         if session is None or writer is None or (not queue and self._refuse_while_working(name)):
             return None
         dtype = controller.label_dtype
+        parents = [] if parent is None else [parent]
         frames: list[int] = []
         state: list[Any] = []
 
         def begin() -> None:  # (GUI thread, once nothing else runs: the layer and the lineage as the step finds them)
-            frames[:] = sorted({first, *frames_holding(writer.read_frame, [parent], first, writer.n_frames),
+            frames[:] = sorted({first, *frames_holding(writer.read_frame, parents, first, writer.n_frames),
                                 *frames_holding(writer.read_frame, daughters, 0, first)})
             state[:] = [session.lineage_state()]
+            self._seed_new_ids(session)
 
         def work(_context: Any) -> tuple[list[int], list[int], list[Any]]:
             before = set(session.obj_ids)
@@ -226,7 +204,8 @@ class LineageActions(ManualDivisionActions, LineageUndo):
             except Exception:
                 session.restore_lineage(state[0])  # a step refused half-way leaves the lineage as it was
                 raise
-            writes = controller.object_writes(session, frames, [parent, *daughters], dtype, focus=parent)
+            writes = controller.object_writes(session, frames, [*parents, *daughters], dtype,
+                                              focus=parent if focus else None)
             return daughters, [i for i in daughters if i not in before], writes
 
         def done(result: tuple[list[int], list[int], list[Any]]) -> None:
@@ -235,7 +214,8 @@ class LineageActions(ManualDivisionActions, LineageUndo):
             self._write_all(writes)
             self.objects.add_ids(daughters)
             self._push_step(LineageStep(name, session, state[0], tuple(new_ids),
-                                        plane_changes(planes, writer.read_frame)))
+                                        plane_changes(planes, writer.read_frame), (*parents, *daughters),
+                                        tuple(drawn), first))
             self._remove_preview()
             self.refresh_lineage()
             self._say(said(daughters))
@@ -247,6 +227,32 @@ class LineageActions(ManualDivisionActions, LineageUndo):
 
         self._say(f"{name[0].upper()}{name[1:]}…")
         return self._submit(Job(name, work, on_start=begin, on_result=done, on_end=end), busy=True)
+
+    def _seed_new_ids(self, session: Any) -> None:
+        """Objects the session creates itself (daughters, re-seeded cells) get ids above every label of the output
+        layer and every listed object, so that none takes the value of a label painted there (GUI thread)."""
+        layer = self.labels_layer
+        floor = max(next_free_label(layer) if layer is not None else 1, max(self.objects.ids, default=0) + 1)
+        session.new_ids_from(floor)
+
+    def _end_auto_divisions(self, session: Any, proposals: Sequence[Any]) -> None:
+        """After an "auto" run (done or cancelled; GUI thread): each parent it divided loses its pixels from the
+        division frame to the last frame, also on frames the run did not visit (the run wrote only its own)."""
+        writer = self.controller.writer
+        if writer is None or session is None:
+            return
+        lineage = session.lineage()
+        writes = []
+        for proposal in proposals:
+            parent, frame = proposal.parent, proposal.frame
+            if parent not in session.obj_ids or session.object_span(parent)[1] != frame - 1:
+                continue  # not accepted (left for review), or removed meanwhile
+            daughters = [child for child, p in lineage.items() if p == parent]
+            frames = frames_holding(writer.read_frame, [parent], frame, writer.n_frames)
+            writes += self.controller.object_writes(session, frames, [parent, *daughters],
+                                                    self.controller.label_dtype, focus=parent)
+        for write in writes:
+            self._write(write)
 
 def describe_proposals(divisions: str, proposals: list[Any]) -> str:
     """The end of a run's status line: how many divisions it proposed (or accepted, in "auto")."""

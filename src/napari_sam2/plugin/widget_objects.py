@@ -12,6 +12,7 @@ from typing import Any
 
 from .label_visibility import LabelVisibility
 from .labels_writer import next_free_label
+from .lineage_steps import step_names
 from .object_frames import next_frame
 from .prompt_layers import read_prompts, remove_object_prompts, set_prompt_defaults
 
@@ -48,8 +49,8 @@ class ObjectActions:
 
     def remove_object(self, obj_id: int, quiet: bool = False) -> bool:
         """Remove ``obj_id`` (see :meth:`remove_selected_object`); ``quiet`` leaves the status line alone. The
-        lineage follows (the session drops the object's links) and division steps before it can no longer be
-        undone. False when refused (a job is running)."""
+        lineage follows (the session drops the object's links) and the division steps naming it can no longer be
+        undone (the others still can). False when refused (a job is running)."""
         if self._refuse_while_working("remove the object"):
             return False
         self.runner.cancel_speculative()
@@ -59,7 +60,8 @@ class ObjectActions:
         if self.visibility is not None:
             self.visibility.set_hidden([obj_id], hidden=False)
         self.objects.remove_id(obj_id)
-        self._lineage_steps.clear()  # their lineage snapshots hold the removed object
+        # Steps naming the removed object can no longer be undone (the session refuses their snapshots); others can.
+        self._lineage_steps[:] = [step for step in self._lineage_steps if not step_names(step, obj_id)]
         self.refresh_lineage()
         if not quiet:
             self._say(f"Removed object {obj_id} ({len(frames)} frame{'s' if len(frames) != 1 else ''} changed; "

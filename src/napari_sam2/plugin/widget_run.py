@@ -55,7 +55,7 @@ class RunActions:
         """Track every object from ``start`` (default: the current frame) over frames ``first..last`` (default: the
         range boxes), writing each frame as it comes; painted corrections become mask prompts first. ``divisions``
         (default: the Divisions choice, "propose") is "propose" (proposals listed for review), "auto" (accepted at
-        once) or "off". Returns the job (None when nothing was started, and the status line says why)."""
+        once) or "off", with the thresholds of :attr:`division_options` (a DivisionOptions; None: the defaults). Returns the job (None when nothing was started, and the status line says why)."""
         if self.runner.busy or self._retarget_pending:
             self._say(f"Busy ({self.runner.running_name or 'switching the image'}); wait for it or press Cancel.")
             return None
@@ -80,14 +80,15 @@ class RunActions:
         if not any(session.prompted_frames(i) for i in session.obj_ids) and not corrections:
             self._fail("nothing to track yet: click on an object, draw a box or paint a mask first")
             return None
-        note = f"Painted corrections used as prompts: {describe_frames(_by_object(corrections))}." if corrections else ""
-        dtype = controller.label_dtype
+        note = (f"Painted corrections used as prompts: {describe_frames(_by_object(corrections))}." if corrections
+                else "")
+        dtype, options = controller.label_dtype, self.division_options
 
         def work(_context: Any):
             for write in controller.mask_writes(session, corrections, dtype):
                 yield "mask", write
             made, written = [], {}
-            for write in controller.propagation(session, start, direction, first, last, dtype, divisions):
+            for write in controller.propagation(session, start, direction, first, last, dtype, divisions, options):
                 made.extend(write.divisions)
                 if divisions == "auto":  # (the ids on each frame: one pass over its labels, only in "auto")
                     written[write.frame] = set(np.unique(write.labels).tolist()) - {0}
@@ -107,6 +108,7 @@ class RunActions:
 
         def begin() -> None:  # when the run leaves the queue (a cancelled run may still be finishing before it)
             run.writer = controller.writer
+            self._seed_new_ids(session)  # (daughters and re-seeded cells: above every label of the layer)
             if run.writer is not None:
                 run.writer.layer.mode = "pan_zoom"  # keep the brush away while frames are written (see LabelsWriter)
                 run.writer.begin_undo_group()
@@ -141,6 +143,9 @@ class RunActions:
         if latest:
             self._run = None
             self.cancel_button.setEnabled(False)
+        if run.divisions == "auto" and run.proposals and end.current and end.started:
+            # (in the run's undo step) parents it divided also leave the frames it did not visit
+            self._end_auto_divisions(self.controller.session, run.proposals)
         if run.writer is not None and run.writer.in_undo_group:
             run.writer.end_undo_group()
         if not latest:  # a newer run has started: it owns the status line and the bar
