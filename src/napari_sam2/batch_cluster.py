@@ -83,9 +83,14 @@ def local_client(workers: int | None = None, *, cpu_count: int | None = None) ->
     dashboard = ":0" if importlib.util.find_spec("bokeh") else None  # a free port; none without bokeh
     if cuda:
         # LocalCluster gives every worker the same options; a SpecCluster of nannies gives each its own GPU
-        specs = {f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {**env, "CUDA_VISIBLE_DEVICES": gpu}}}
-                 for gpu in visible_gpus(cuda, os.environ.get("CUDA_VISIBLE_DEVICES"))[:count]}
-        cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": dashboard}})
+        # on this machine only (as LocalCluster), each worker with its share of the memory
+        gpus = visible_gpus(cuda, os.environ.get("CUDA_VISIBLE_DEVICES"))[:count]
+        specs = {f"gpu-{gpu}": {"cls": Nanny, "options": {
+                     "nthreads": 1, "host": "127.0.0.1", "memory_limit": 1 / len(gpus),
+                     "env": {**env, "CUDA_VISIBLE_DEVICES": gpu}}}
+                 for gpu in gpus}
+        cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {
+            "dashboard_address": dashboard, "host": "127.0.0.1"}})
     else:
         cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, env=env,
                                dashboard_address=dashboard)

@@ -135,6 +135,8 @@ def _publish(partial: Path, output: Path) -> None:
     """
     from .cli_lineage import proposals_path
 
+    if not (partial / output.name).exists():  # never publish (or delete an earlier good output) for nothing
+        raise RuntimeError(f"the run wrote no {output.name} in {partial}")
     manifest_path(output).unlink(missing_ok=True)
     for name in (proposals_path(output).name, output.name):  # the output last: it exists only when complete
         source, target = partial / name, output.parent / name

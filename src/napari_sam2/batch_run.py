@@ -48,6 +48,7 @@ def track_many(sheet_or_rows: str | os.PathLike | Sequence[Any], out: str | os.P
     """
     out = Path(out).absolute()  # workers (cluster jobs) may run in another folder
     rows = _rows(sheet_or_rows)
+    check_outputs(rows, out)
     spec = _model_spec(model)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, Any]] = {}
@@ -109,6 +110,22 @@ def _run(todo: list[tuple[Any, dict[str, Any]]], out: Path, spec: ModelSpec, cli
     for row, _ in todo:
         remove_partials(Path(row.output_path(out)))  # left by workers that died mid-movie
     return results
+
+
+def check_outputs(rows: Sequence[Any], out: Path) -> None:
+    """Refuse, before anything runs, an output outside ``out`` or one that is (or holds) a movie or prompt file
+    of any row: publishing it would replace the user's input (e.g. seed labels named ``pos1_labels.tif``)."""
+    root = Path(out).resolve()
+    inputs = {Path(p).resolve(): row.row for row in rows for p in (row.movie, row.prompts) if p != "auto"}
+    for row in rows:
+        output = Path(row.output_path(root)).resolve()
+        if root not in output.parents:
+            raise ValueError(f"row {row.row}, column 'out': {row.output_name()} is outside the batch's --out {root}; "
+                             "give a path inside it (no '..', not absolute)")
+        for path, other in inputs.items():
+            if path == output or output in path.parents:
+                raise ValueError(f"row {row.row}: its output {output} would replace row {other}'s input {path}; "
+                                 "give the row another 'out' or the batch another --out")
 
 
 def _rows(sheet_or_rows: str | os.PathLike | Sequence[Any]) -> list[Any]:
