@@ -10,7 +10,6 @@ Where the movies run: worker processes on this machine (default, ``--workers N``
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ JOB_OPTIONS = ("queue", "account", "cores", "memory", "walltime", "jobs", "direc
 
 def add_batch_command(commands: Any) -> None:
     """Add the ``batch`` sub-command to the ``napari-sam2`` sub-parsers ``commands``."""
+    from .cli import _positive_int as _positive  # cli imports this module: imported when the command is built
+
     batch = commands.add_parser(
         "batch", help="track many movies listed in a CSV sheet, on this machine, a dask scheduler or a cluster",
         description="Track every movie of SHEET (one row per movie: movie,prompts and optionally axes,channel,"
@@ -66,6 +67,7 @@ def add_batch_command(commands: Any) -> None:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Check the sheet, start (or reach) the workers, track every movie and report; 0 when all are done."""
+    from .cli import _say
     given = [name for name in JOB_OPTIONS if getattr(args, name) not in (None, False)]
     if given and args.jobqueue is None:
         raise ValueError(f"--{given[0].replace('_', '-')} is an option of cluster jobs: add --slurm, --pbs or --lsf")
@@ -126,13 +128,6 @@ def _require(module: str, name: str) -> None:
         raise ValueError(f"napari-sam2 batch needs {name}: pip install 'napari-sam2[batch]'")
 
 
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -141,7 +136,3 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
-
-
-def _say(message: str) -> None:
-    print(f"napari-sam2: {message}", file=sys.stderr)
