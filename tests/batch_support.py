@@ -3,10 +3,14 @@ two blobs each and their click prompts; one prompt file is broken."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
+
+IMAGE_SIZE = 128  # the workers' model input in the tests (ModelSpec); the CLI runs compared load it alike
 
 BROKEN_PROMPTS = "index,axis-0\n0,not-a-frame\n"
 
@@ -45,3 +49,20 @@ def write_four_movie_sheet(root: Path, num_frames: int) -> Path:
         lines.append(f"m{i}.tif,m{i}.csv,{2 if i == 1 else ''}")
     (root / "sheet.csv").write_text("\n".join(lines) + "\n")
     return root / "sheet.csv"
+
+
+def cli_labels(track_args: list[str], out: Path, monkeypatch, threads: int | None = None) -> np.ndarray:
+    """The labels of ``napari-sam2 track TRACK_ARGS --out OUT`` run in this process with the model at
+    ``IMAGE_SIZE``; ``threads``: torch threads, as in the worker compared against (another thread count sums
+    in another order: the last bits differ)."""
+    from napari_sam2 import cli
+    from napari_sam2.weights import load_model
+
+    monkeypatch.setattr(cli, "load_model", functools.partial(load_model, image_size=IMAGE_SIZE))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        assert cli.main(["track", *map(str, track_args), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return tifffile.imread(out)

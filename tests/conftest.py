@@ -38,3 +38,15 @@ def model():
     from session_support import small_model
 
     return small_model()
+
+
+@pytest.fixture(scope="module")
+def threads_client():
+    """A dask Client on one in-process worker thread (no worker processes): the batch tests that patch this
+    process (a failing write, a Ctrl-C) or need the exact torch threads of the CLI run they compare with."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+          Client(cluster) as client):
+        yield client

@@ -8,7 +8,6 @@ the same checkpoint at the same size in this process.
 from __future__ import annotations
 
 import csv
-import functools
 import os
 import signal
 import threading
@@ -17,17 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
-from batch_support import write_four_movie_sheet, write_movie
+from batch_support import IMAGE_SIZE, write_four_movie_sheet, write_movie
+from batch_support import cli_labels as batch_cli_labels
 
 from napari_sam2 import batch_run, cli, track_many
 from napari_sam2.batch_movie import TOPIC, ModelSpec, finished, manifest_path, row_fingerprint
 from napari_sam2.batch_sheet import read_sheet
-from napari_sam2.weights import load_model
 
 distributed = pytest.importorskip("distributed")
 
-IMAGE_SIZE = 128
 FRAMES = 4
 SLOW_FRAMES = 24  # long enough that a worker killed on frame 2 dies mid-movie
 
@@ -62,17 +59,8 @@ def files(tmp_path_factory, tiny_checkpoint):
 
 
 def cli_labels(row, checkpoint: Path, out: Path, monkeypatch) -> np.ndarray:
-    """The labels of ``napari-sam2 track`` run on the row's own arguments, with the same model size and, as in
-    a worker, one torch thread (another thread count sums in another order: the last bits differ)."""
-    monkeypatch.setattr(cli, "load_model", functools.partial(load_model, image_size=IMAGE_SIZE))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert cli.main(["track", *map(str, row.track_args(str(checkpoint))), "--out", str(out), "--device", "cpu",
-                         "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return tifffile.imread(out)
+    """The single-movie command's labels for ``row``, with one torch thread as in a worker here."""
+    return batch_cli_labels(row.track_args(str(checkpoint)), out, monkeypatch, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +107,14 @@ def test_a_second_run_skips_the_done_movies(files, first_run, client):
     assert finished(rows[0].output_path(out), row_fingerprint(rows[0], spec)) is not None
     assert finished(rows[0].output_path(out), row_fingerprint(rows[0], ModelSpec("sam2.1_hiera_small"))) is None
     assert finished(rows[0].output_path(out), row_fingerprint(rows[0], ModelSpec(spec.name, 256))) is None
-    stat = rows[0].prompts.stat()
-    os.utime(rows[0].prompts, ns=(1, 1))
+    clicks = rows[0].prompts.read_text()
+    rows[0].prompts.write_text(clicks.replace("20.0,18.0", "21.0,18.0"))  # one click moved
     try:
         assert finished(rows[0].output_path(out), row_fingerprint(read_sheet(files["root"] / "sheet.csv")[0],
                                                                   spec)) is None
     finally:
-        os.utime(rows[0].prompts, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        rows[0].prompts.write_text(clicks)
+    assert finished(rows[0].output_path(out), row_fingerprint(rows[0], spec)) is not None  # as it was: done
 
 
 def test_the_batch_command_exits_1_while_a_movie_fails_and_0_when_all_are_done(files, first_run, cluster,
@@ -163,6 +152,39 @@ def test_a_ctc_folder_output_from_records_replaces_an_unfinished_one(files, firs
     names = {p.name for p in (out / "ctc").iterdir()}
     assert names - {"01_RES_divisions.csv"} == {"01_RES", "01_RES.done.json"}  # and no hidden partial folder
     assert ("01_RES_divisions.csv" in names) == (first_out / "m0_labels_divisions.csv").exists()
+
+
+def _count_model_loads() -> None:
+    """On a worker: forget the models it loaded and count the loads from now on (in ``weights.model_loads``)."""
+    from napari_sam2 import batch_movie, weights
+
+    batch_movie._MODELS.clear()
+    original = getattr(weights, "_uncounted_load_model", weights.load_model)
+
+    def counting(*args, **kwargs):
+        weights.model_loads += 1
+        return original(*args, **kwargs)
+
+    weights._uncounted_load_model, weights.model_loads, weights.load_model = original, 0, counting
+
+
+def _model_loads() -> int:
+    from napari_sam2 import weights
+
+    count = weights.model_loads
+    weights.load_model = weights._uncounted_load_model
+    return count
+
+
+def test_each_worker_loads_the_model_once_and_force_runs_done_movies_again(files, first_run, client):
+    out, _ = first_run
+    client.run(_count_model_loads)
+    summary = track_many(files["root"] / "sheet.csv", out, client, model=files["spec"], force=True,
+                         progress=False)
+    assert [line["status"] for line in summary] == ["done", "done", "done", "failed"]  # none skipped
+    loads = client.run(_model_loads)
+    assert len(loads) == 2 and sum(loads.values()) >= 1  # 4 movies on 2 workers: at most one load each
+    assert all(count <= 1 for count in loads.values()), loads
 
 
 def test_a_worker_killed_mid_movie_is_retried_and_leaves_a_complete_output(files, cluster, client, monkeypatch,

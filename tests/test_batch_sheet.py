@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +89,9 @@ def test_fingerprint_changes_with_the_row_the_prompt_file_and_the_checkpoint(fil
     write_sheet(files, "movie,prompts,start\nA1/pos1.ome.tif,clicks.csv,1\n")
     assert read_sheet(sheet)[0].fingerprint(str(checkpoint)) != before
     state = os.stat(files / "clicks.csv")
-    os.utime(files / "clicks.csv", ns=(state.st_atime_ns, state.st_mtime_ns + 10**9))  # an edited prompt file
+    os.utime(files / "clicks.csv", ns=(state.st_atime_ns, state.st_mtime_ns + 10**9))  # touched or copied
+    assert row.fingerprint(str(checkpoint)) == before  # the same prompts: a done movie stays done
+    (files / "clicks.csv").write_text(POINTS.replace("10.0,12.0", "11.0,12.0"))  # an edited prompt file
     assert row.fingerprint(str(checkpoint)) != before
     after_edit = row.fingerprint(str(checkpoint))
     checkpoint.write_bytes(b"retrained weights")
@@ -113,12 +116,20 @@ ERRORS = [
     ("movie,prompts,frames\nstack.npy,auto,0\n", r"row 1, column 'frames': expected a whole number >= 1, got '0'"),
     ("movie,prompts,direction\nstack.npy,auto,sideways\n", r"row 1, column 'direction': 'sideways' is not one of"),
     ("movie,prompts\nA1/pos1.ome.tif,auto\nA2/pos1.ome.tif,auto\n",
-     r"row 2, column 'out': output pos1_labels\.tif is also row 1's"),
+     r"row 2, column 'out': it writes pos1_labels\.tif, which clashes with row 1's pos1_labels\.tif"),
     ("movie,prompts,out\nstack.npy,auto,a/x.tif\nA1/pos1.ome.tif,auto,a/./x.tif\n",
-     r"row 2, column 'out': output a/x\.tif is also row 1's"),
+     r"row 2, column 'out': it writes a/x\.tif, which clashes with row 1's a/x\.tif"),
+    ("movie,prompts,out\nstack.npy,auto,a/x.tif\nA1/pos1.ome.tif,auto,A/X.TIF\n",  # one file on macOS, Windows
+     r"row 2, column 'out': it writes A/X\.TIF, which clashes with row 1's a/x\.tif \(names are compared without"),
+    ("movie,prompts,out\nstack.npy,auto,x.tif\nA1/pos1.ome.tif,auto,x.geff\n",  # both write x_divisions.csv
+     r"row 2, column 'out': it writes x_divisions\.csv, which clashes with row 1's x_divisions\.csv"),
+    ("movie,prompts,out\nstack.npy,auto,ctc\nA1/pos1.ome.tif,auto,ctc/pos1.tif\n",  # inside row 1's CTC folder
+     r"row 2, column 'out': it writes ctc/pos1\.tif, which clashes with row 1's ctc\b"),
+    ("movie,prompts,out\nstack.npy,auto,Summary.csv\n",
+     r"row 1, column 'out': it writes Summary\.csv, which clashes with the batch's own summary"),
     ("movie,prompts\nstack.npy,auto,extra\n", r"row 1: 3 values but the header names 2 columns"),
     ("movie,prompts,,\nstack.npy,auto,,\nstack.npy,auto,,x\n", r"row 2: a value under a column without a name"),
-    ("movie,prompts\n\n", "no movie rows"),
+    ("movie,prompts\n\n", r"sheet\.csv has no movie rows"),
     ("", "is empty"),
 ]
 
@@ -138,8 +149,29 @@ def test_rows_from_records_are_checked_like_a_sheet(files):
     with pytest.raises(SheetError, match=re.escape("row 2: unknown column 'start_frame'")):
         rows_from_records([{"movie": "stack.npy", "prompts": "auto"},
                            {"movie": "stack.npy", "prompts": "auto", "start_frame": 1}], base=files)
-    with pytest.raises(SheetError, match=r"row 1, column 'start': 9 is out of range"):
+    with pytest.raises(SheetError, match=r"^row 1, column 'start': 9 is out of range"):
         rows_from_records([{"movie": "stack.npy", "prompts": "auto", "start": 9}], base=files)
+
+
+def test_rows_from_a_dataframe_with_gaps_and_a_mix_of_dicts_and_rows(files):
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"movie": ["stack.npy", "two_channels.tif"], "prompts": ["auto", "clicks.csv"],
+                              "channel": [float("nan"), 1.0], "start": [pandas.NA, 1], "out": [None, "b.tif"]})
+    rows = rows_from_records(frame, base=files)  # a missing value is an empty cell; 1.0 (a gap's float) is 1
+    assert [(row.channel, row.start, row.out) for row in rows] == [(None, None, None), (1, 1, Path("b.tif"))]
+    mixed = rows_from_records([rows[0], {"movie": "A1/pos1.ome.tif", "prompts": "auto"}], base=files)
+    assert mixed[0] == rows[0] and mixed[1].movie == files / "A1" / "pos1.ome.tif"
+
+
+@pytest.mark.parametrize(("records", "message"), [
+    ("sheet.csv", "expected a sheet's path, a DataFrame or a list of rows (dicts or MovieRow), got str"),
+    ({"movie": "stack.npy"}, "got dict"),
+    ([{"movie": "stack.npy", "prompts": "auto"}, ("stack.npy", "auto")], "row 2: expected a dict of the sheet's"),
+    ([], "no movie rows given: give one dict (or MovieRow) per movie"),
+])
+def test_rows_from_records_refuse_what_is_not_rows(files, records, message):
+    with pytest.raises(SheetError, match=re.escape(message)):
+        rows_from_records(records, base=files)
 
 
 @pytest.mark.parametrize(("name", "stem"), [("w.ome.tif", "w"), ("w.OME.TIFF", "w"), ("w.tif", "w"),

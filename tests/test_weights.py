@@ -34,6 +34,7 @@ from napari_sam2.weights import (
     infer_config,
     load_model,
     needs_download,
+    resolve_model,
 )
 
 SERVED_NAME = TINY_CHECKPOINT_NAME
@@ -341,6 +342,19 @@ def test_unknown_name_and_missing_file(tmp_path, register):
     register()
     with pytest.raises(ValueError, match="has config sam2.1_hiera_t, not sam2_hiera_t"):
         load_model("test_tiny", config="sam2_hiera_t")
+
+
+def test_resolve_model_names_what_load_model_would_load_without_loading(tmp_path):
+    checkpoint = tmp_path / "sam2.1_hiera_small"  # a file spelled as a known name: the file wins
+    checkpoint.write_bytes(b"weights")
+    assert resolve_model(checkpoint) == checkpoint
+    info = resolve_model("sam2.1_hiera_small")
+    assert info.name == "sam2.1_hiera_small" and not isinstance(info, Path)
+    for wrong, message in ((tmp_path, "is not a checkpoint file (a folder?)"),
+                           ("sam3", "'sam3' is neither a known model nor an existing file"),
+                           (tmp_path / "gone.pt", "does not exist); known models: ")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            resolve_model(wrong)
 
 
 def test_describe_model_without_source():

@@ -8,7 +8,6 @@ dies mid-movie leaves no output under the final name, and a later batch skips a 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -16,15 +15,14 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import redirect_stderr
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_target
+from .batch_sheet import MANIFEST_SUFFIX
 
 TOPIC = "napari-sam2-batch"  # dask event topic of the per-frame progress messages (Client.subscribe_topic)
-MANIFEST_SUFFIX = ".done.json"
 PARTIAL_INFIX = ".partial-"
 SUMMARY_COLUMNS = ("movie", "status", "frames", "objects", "seconds", "output", "error")
 
@@ -89,42 +87,70 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+class MovieCancelled(Exception):
+    """The batch stopped wanting this movie (Ctrl-C, or its client went away): the task stops between frames."""
+
+
 def run_movie(row: Any, out_dir: Path, spec: ModelSpec, fingerprint: dict[str, Any], batch: str) -> dict[str, Any]:
     """Track one sheet row; returns its summary row. A bad input (``ValueError``: prompts, axes, ...) is a
     "failed" row with its one-line error and is not retried; any other exception propagates, so that dask
-    retries the task (``retries=``)."""
+    retries the task (``retries=``). A task the batch cancelled stops at the next frame and writes nothing."""
     from .cli import _one_line, track_movie
 
     output = Path(row.output_path(Path(out_dir)))
     started = time.perf_counter()
     emit = _emitter(batch, row)
+    still_wanted = _cancel_check()
     emit("start", 0, 0)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.parent / f".{output.name}{PARTIAL_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial = output.parent / f"{partial_prefix(output, batch)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
+    messages: list[str] = []  # the command's messages of this movie alone (a worker may run several at once)
+
+    def on_frame(done: int, total: int) -> None:
+        still_wanted()
+        emit("frame", done, total)
+
     try:
-        log = io.StringIO()
-        with redirect_stderr(log):  # the command's messages are per movie; the batch shows its own progress
-            try:
-                result = track_movie([*map(str, row.track_args(spec.name)), "--quiet"], model=worker_model(spec),
-                                     out=partial / output.name, on_frame=lambda done, total: emit("frame", done,
-                                                                                                  total))
-            except ValueError as exc:
-                return summary_row(row, "failed", output, seconds=time.perf_counter() - started,
-                                   error=_one_line(exc))
+        try:
+            result = track_movie([*map(str, row.track_args(spec.name)), "--quiet"], model=worker_model(spec),
+                                 out=partial / output.name, on_frame=on_frame, say=messages.append)
+        except ValueError as exc:
+            return summary_row(row, "failed", output, seconds=time.perf_counter() - started, error=_one_line(exc))
+        still_wanted()  # not published for a batch that has given up on it
         seconds = time.perf_counter() - started
         _publish(partial, output)
         manifest = {"fingerprint": fingerprint, "model": spec.as_dict(), "frames": result.frames,
                     "objects": result.objects, "seconds": round(seconds, 3)}
         with atomic_target(manifest_path(output)) as target:
             target.write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
-        warnings = [line for line in log.getvalue().splitlines() if "warning:" in line]
-        for line in warnings:  # shown in the worker's log (the terminal of a LocalCluster)
-            print(f"{row.movie}: {line}", file=sys.stderr)
+        for message in messages:  # shown in the worker's log (the terminal of a LocalCluster)
+            if message.lower().startswith("warning:"):
+                print(f"napari-sam2: {row.movie}: {message}", file=sys.stderr)
         emit("done", result.frames, result.frames)
         return summary_row(row, "done", output, frames=result.frames, objects=result.objects, seconds=seconds)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _cancel_check():
+    """A function raising :class:`MovieCancelled` once the scheduler has cancelled this task; a no-op outside a
+    dask worker. It reads the worker's own task state (no message to the scheduler): dask cannot stop a running
+    task, so without it a movie cancelled on a shared scheduler would run to its end."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        key = worker.get_current_task()
+    except (ImportError, ValueError):
+        return lambda: None
+
+    def check() -> None:
+        task = worker.state.tasks.get(key)
+        if task is None or task.state in ("cancelled", "released", "forgotten"):
+            raise MovieCancelled(f"the batch no longer wants {key}")
+
+    return check
 
 
 def _publish(partial: Path, output: Path) -> None:
@@ -149,10 +175,16 @@ def _publish(partial: Path, output: Path) -> None:
             os.replace(source, target)
 
 
-def remove_partials(output: Path) -> None:
-    """Remove the hidden folders that workers which died left beside ``output``."""
+def partial_prefix(output: Path, batch: str) -> str:
+    """The name start of the hidden folders the movies of ``batch`` write ``output`` in before publishing it."""
+    return f".{output.name}{PARTIAL_INFIX}{batch}-"
+
+
+def remove_partials(output: Path, batch: str) -> None:
+    """Remove the hidden folders the movies of ``batch`` left beside ``output`` (workers that died, or tasks
+    cancelled mid-write); another batch's, still writing, are left alone."""
     if output.parent.is_dir():
-        for stale in output.parent.glob(f".{output.name}{PARTIAL_INFIX}*"):
+        for stale in output.parent.glob(f"{partial_prefix(output, batch)}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -1,9 +1,10 @@
 """Many movies on a dask.distributed cluster: :func:`track_many`, one task per movie, resumable.
 
-The scheduling, retries and worker restarts are dask's (``Client.submit(retries=)``, ``as_completed``; a task
-whose worker died is re-run elsewhere, up to ``distributed.scheduler.allowed-failures`` times). What is ours:
-skipping movies already done (a manifest beside each output holds its row's fingerprint), the summary, and a
-progress bar over movies that shows the frames of the running ones (worker events, see ``batch_movie.TOPIC``).
+The scheduling, retries and worker restarts are dask's (``Client.submit(retries=)``, ``distributed.wait``; a
+task whose worker died is re-run elsewhere, up to ``distributed.scheduler.allowed-failures`` times). What is
+ours: skipping movies already done (a manifest beside each output holds its row's fingerprint), the summary,
+and a progress bar over movies that shows the frames of the running ones (worker events, see
+``batch_movie.TOPIC``). Movies are (T, Y, X[, C]) (or Z-stacks tracked along Z), as ``napari-sam2 track``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,54 +29,97 @@ from .batch_movie import (
     run_movie,
     summary_row,
 )
+from .batch_sheet import AUTO, SUMMARY_NAME, movie_stem
 
-SUMMARY_NAME = "summary.csv"
+WAIT_SECONDS = 2.0  # how often the progress bar looks for workers while no movie finishes
+NOT_RUN = "not run"
 
 
-def track_many(sheet_or_rows: str | os.PathLike | Sequence[Any], out: str | os.PathLike, client: Any = None, *,
-               model: str | os.PathLike | ModelSpec | None = None, workers: int | None = None, retries: int = 2,
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`track_many`: the unfinished movies were cancelled and ``summary.csv`` written with
+    them as "not run"; ``summary`` holds its lines. Running the same batch again resumes it."""
+
+    def __init__(self, summary: list[dict[str, Any]]) -> None:
+        super().__init__("batch interrupted; run it again to resume")
+        self.summary = summary
+
+
+def track_many(sheet_or_rows: Any, out: str | os.PathLike, client: Any = None, *,
+               model: str | os.PathLike | ModelSpec | None = None, workers: int | None = None,
+               device: str | None = None, retries: int = 2, force: bool = False,
                progress: bool = True) -> list[dict[str, Any]]:
-    """Track every movie of a sheet (a CSV path, or ``MovieRow`` objects / dicts as in the sheet) on dask.
+    """Track every movie of a sheet on dask; returns one summary dict per row, in sheet order.
 
-    Outputs go under ``out`` (each row's ``output_path(out)``) and ``out/summary.csv``; movies (T, Y, X[, C])
-    are tracked exactly as ``napari-sam2 track`` with the row's arguments. ``client``: a dask ``Client``
-    (default: a LocalCluster of ``workers`` workers, closed at the end). ``model``: a known name, a
-    checkpoint path or a :class:`~napari_sam2.batch_movie.ModelSpec` (default: the CLI's default model);
-    each worker loads it once. A movie whose output exists with a manifest matching its row is "skipped";
-    one whose task raises is retried ``retries`` times; one that fails is "failed" with a one-line error,
-    and the others go on. Returns one summary dict per row (movie, status, frames, objects, seconds,
-    output, error), in sheet order.
+    ``sheet_or_rows``: a sheet's path (CSV), a pandas DataFrame with the sheet's columns, or a list of dicts
+    and ``MovieRow`` objects (relative paths: relative to the working folder); every row is checked before
+    anything runs. Movies (T, Y, X[, C]) are tracked exactly as ``napari-sam2 track`` with the row's arguments.
+    Outputs go under ``out`` (each row's ``output_path(out)``) with ``out/summary.csv``.
+
+    ``client``: a dask ``Client`` (default: a LocalCluster of ``workers`` worker processes, sized to the GPUs
+    or cores and closed at the end; ``workers`` with a ``client`` is refused). ``model``: a known name, a
+    checkpoint path or a :class:`~napari_sam2.batch_movie.ModelSpec`; default: the model a row's session file
+    was saved with (name and input size), else the CLI's default model. Each worker loads a model once.
+    ``device`` ("cuda", "cpu", ...) overrides where workers run it (default: CUDA, then MPS, then the CPU).
+
+    A movie whose output exists with a manifest matching its row is "skipped" (``force=True`` runs it again);
+    a task that raises is retried ``retries`` times; a bad input is "failed" with a one-line error at once,
+    and the others go on. Summary keys: movie, status, frames, objects, seconds, output, error. Ctrl-C
+    cancels the unfinished movies, writes the summary (them as "not run") and raises :class:`BatchInterrupted`.
     """
+    if client is not None and workers is not None:
+        raise ValueError("give workers= or client=, not both: workers= sizes the LocalCluster track_many starts "
+                         "when no client is given")
     out = Path(out).absolute()  # workers (cluster jobs) may run in another folder
     rows = _rows(sheet_or_rows)
     check_outputs(rows, out)
-    spec = _model_spec(model)
+    base = _model_spec(model)
+    if device is not None:
+        base = replace(base, device=_device_name(device))
+    specs = {row.row: base if model is not None else _session_model(row, base) for row in rows}
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, Any]] = {}
     todo = []
     for row in rows:
         output = Path(row.output_path(out))
-        fingerprint = row_fingerprint(row, spec)
-        manifest = finished(output, fingerprint)
+        fingerprint = row_fingerprint(row, specs[row.row])
+        manifest = None if force else finished(output, fingerprint)
         if manifest is not None:
             results[row.row] = summary_row(row, "skipped", output, frames=manifest.get("frames"),
                                            objects=manifest.get("objects"), seconds=0.0)
         else:
-            todo.append((row, fingerprint))
-    if todo:
-        results.update(_run(todo, out, spec, client, workers=workers, retries=retries, progress=progress,
-                            skipped=len(results)))
-    summary = [results[row.row] for row in rows]
+            todo.append((row, specs[row.row], fingerprint))
+    try:
+        if todo:
+            _run(todo, out, client, results, workers=workers, retries=retries, progress=progress,
+                 skipped=len(results))
+    except BaseException as exc:  # Ctrl-C or a lost scheduler: what ran is kept and the rest said "not run"
+        from .cli import _one_line
+
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        reason = "interrupted (Ctrl-C)" if interrupted else f"the batch stopped: {_one_line(exc)}"
+        summary = _summary(rows, results, out, reason)
+        write_summary(out / SUMMARY_NAME, summary)
+        if interrupted:
+            raise BatchInterrupted(summary) from None
+        raise
+    summary = _summary(rows, results, out, "")
     write_summary(out / SUMMARY_NAME, summary)
     return summary
 
 
-def _run(todo: list[tuple[Any, dict[str, Any]]], out: Path, spec: ModelSpec, client: Any, *, workers: int | None,
-         retries: int, progress: bool, skipped: int) -> dict[int, dict[str, Any]]:
-    """Submit one task per movie and collect their summary rows as they finish."""
-    from distributed import as_completed
+def _summary(rows: list[Any], results: dict[int, dict[str, Any]], out: Path, reason: str) -> list[dict[str, Any]]:
+    return [results.get(row.row) or summary_row(row, NOT_RUN, Path(row.output_path(out)), error=reason)
+            for row in rows]
 
-    from .batch_cluster import close_client, local_client
+
+def _run(todo: list[tuple[Any, ModelSpec, dict[str, Any]]], out: Path, client: Any,
+         results: dict[int, dict[str, Any]], *, workers: int | None, retries: int, progress: bool,
+         skipped: int) -> None:
+    """Submit one task per movie and put their summary rows in ``results`` as they finish; on any exit the
+    unfinished tasks are cancelled (a shared scheduler does not go on with them) and partial folders removed."""
+    from distributed import wait
+
+    from .batch_cluster import close_client, local_client, waiting_for_workers
     from .cli import _one_line
 
     own = client is None
@@ -83,40 +127,45 @@ def _run(todo: list[tuple[Any, dict[str, Any]]], out: Path, spec: ModelSpec, cli
         client = local_client(workers)
     batch = uuid.uuid4().hex
     bar = _Progress(len(todo) + skipped, skipped, disabled=not progress)
-    results: dict[int, dict[str, Any]] = {}
     futures: dict[Any, Any] = {}
     try:
         client.subscribe_topic(TOPIC, bar.event_handler(batch))
         futures = {client.submit(run_movie, row, out, spec, fingerprint, batch, retries=retries, pure=False,
-                                 key=f"napari-sam2-movie-{row.row}-{batch}"): row for row, fingerprint in todo}
-        for future in as_completed(futures):
-            row = futures[future]
+                                 key=f"napari-sam2-movie-{row.row}-{batch}"): row for row, spec, fingerprint in todo}
+        pending = set(futures)
+        while pending:
             try:
-                result = future.result()
-            except Exception as exc:  # noqa: BLE001 - after dask's retries: this movie failed, the others go on
-                result = summary_row(row, "failed", Path(row.output_path(out)), error=_one_line(exc))
-            results[row.row] = result
-            bar.finished(row, result)
+                done, pending = wait(pending, timeout=WAIT_SECONDS, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            for future in done:
+                row = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001 - after dask's retries: this movie failed, the others go on
+                    result = summary_row(row, "failed", Path(row.output_path(out)), error=_one_line(exc))
+                results[row.row] = result
+                bar.finished(row, result)
+            bar.waiting(waiting_for_workers(client) if pending else None)
     finally:
         unfinished = [future for future in futures if not future.done()]
-        if unfinished:  # interrupted (Ctrl-C): a shared scheduler must not go on with this batch's movies
-            client.cancel(unfinished)
         try:
+            if unfinished:  # interrupted: a shared scheduler must not go on with this batch's movies
+                client.cancel(unfinished)
             client.unsubscribe_topic(TOPIC)
         finally:
             bar.close()
             if own:
                 close_client(client)
-    for row, _ in todo:
-        remove_partials(Path(row.output_path(out)))  # left by workers that died mid-movie
-    return results
+            for row, _, _ in todo:
+                remove_partials(Path(row.output_path(out)), batch)  # workers that died, tasks cancelled
 
 
-def check_outputs(rows: Sequence[Any], out: Path) -> None:
+def check_outputs(rows: list[Any], out: Path) -> None:
     """Refuse, before anything runs, an output outside ``out`` or one that is (or holds) a movie or prompt file
     of any row: publishing it would replace the user's input (e.g. seed labels named ``pos1_labels.tif``)."""
     root = Path(out).resolve()
-    inputs = {Path(p).resolve(): row.row for row in rows for p in (row.movie, row.prompts) if p != "auto"}
+    inputs = {Path(p).resolve(): row.row for row in rows for p in (row.movie, row.prompts) if p != AUTO}
     for row in rows:
         output = Path(row.output_path(root)).resolve()
         if root not in output.parents:
@@ -128,29 +177,57 @@ def check_outputs(rows: Sequence[Any], out: Path) -> None:
                                  "give the row another 'out' or the batch another --out")
 
 
-def _rows(sheet_or_rows: str | os.PathLike | Sequence[Any]) -> list[Any]:
-    """The sheet's rows: read (and checked) from a CSV path, checked from dicts, or ``MovieRow`` objects as given."""
+def _rows(sheet_or_rows: Any) -> list[Any]:
+    """The checked rows: read from a CSV path, else from a DataFrame or a list of dicts / ``MovieRow``s."""
+    from .batch_sheet import read_sheet, rows_from_records
+
     if isinstance(sheet_or_rows, (str, os.PathLike)):
-        from .batch_sheet import read_sheet
-
         return list(read_sheet(Path(sheet_or_rows)))
-    rows = list(sheet_or_rows)
-    if rows and all(isinstance(row, dict) for row in rows):
-        from .batch_sheet import rows_from_records
-
-        return list(rows_from_records(rows, base=Path.cwd()))
-    return rows
+    return list(rows_from_records(sheet_or_rows, base=Path.cwd()))
 
 
 def _model_spec(model: str | os.PathLike | ModelSpec | None) -> ModelSpec:
+    """The model workers load; a name or path is checked here (a known name, or an existing file), before any
+    worker starts, and a path made absolute (workers may have another working folder)."""
     if isinstance(model, ModelSpec):
         return model
-    if model is None:
-        from .weights import DEFAULT_MODEL
+    from .weights import DEFAULT_MODEL, resolve_model
 
-        return ModelSpec(DEFAULT_MODEL)
-    path = Path(model).expanduser()
-    return ModelSpec(str(path.resolve()) if path.exists() else os.fspath(model))  # workers may have another cwd
+    found = resolve_model(DEFAULT_MODEL if model is None else model)
+    return ModelSpec(str(found.resolve()) if isinstance(found, Path) else found.name)
+
+
+def _session_model(row: Any, spec: ModelSpec) -> ModelSpec:
+    """``spec`` with the model a session-file row was saved with (its name and input size), as ``napari-sam2
+    track`` uses the session's model when no --model is given; other rows keep ``spec``."""
+    from .cli import SESSION_SUFFIXES
+    from .engine.session_file import read_session_file
+
+    if row.prompts == AUTO or Path(row.prompts).suffix.lower() not in SESSION_SUFFIXES:
+        return spec
+    try:
+        saved = read_session_file(row.prompts).get("model") or {}
+    except (OSError, ValueError):  # a broken session file: its movie fails with the command's own message
+        return spec
+    if not isinstance(saved, dict) or not saved.get("name"):
+        return spec
+    try:
+        named = _model_spec(saved["name"])
+    except ValueError as exc:
+        raise ValueError(f"row {row.row}: session {row.prompts} was saved with model {saved['name']!r}, which "
+                         f"is not here ({exc}); give the batch a model (--model)") from None
+    size = saved.get("image_size")
+    return replace(spec, name=named.name, image_size=size if isinstance(size, int) else spec.image_size)
+
+
+def _device_name(device: str) -> str:
+    """``device`` checked as torch would read it ("cuda", "cuda:1", "mps", "cpu"), in one line when it is not."""
+    import torch
+
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device ({exc}); give cuda, cuda:N, mps or cpu") from None
 
 
 def write_summary(path: Path, summary: list[dict[str, Any]]) -> None:
@@ -163,7 +240,8 @@ def write_summary(path: Path, summary: list[dict[str, Any]]) -> None:
 
 
 class _Progress:
-    """A tqdm bar over movies whose postfix shows the frames of the running ones (fed by worker events)."""
+    """A tqdm bar over movies whose postfix shows the failures so far, the frames of the running movies (fed by
+    worker events) or, while no worker is there, what the batch waits for."""
 
     def __init__(self, total: int, initial: int, disabled: bool) -> None:
         from tqdm import tqdm
@@ -171,6 +249,8 @@ class _Progress:
         self._bar = tqdm(total=total, initial=initial, unit="movie", desc="batch", disable=disabled,
                          file=sys.stderr)
         self._running: dict[int, str] = {}
+        self._failed = 0
+        self._waiting: str | None = None
         self._lock = threading.Lock()  # events arrive on the client's event loop thread
 
     def event_handler(self, batch: str):
@@ -181,7 +261,7 @@ class _Progress:
             if message["event"] in ("start", "frame"):
                 done, total = message["done"], message["total"]
                 with self._lock:
-                    self._running[message["row"]] = f"{Path(message['movie']).stem} {done}/{total or '?'}"
+                    self._running[message["row"]] = f"{movie_stem(Path(message['movie']))} {done}/{total or '?'}"
                     self._show()
 
         return handle
@@ -189,13 +269,20 @@ class _Progress:
     def finished(self, row: Any, result: dict[str, Any]) -> None:
         with self._lock:
             self._running.pop(row.row, None)
-            if result["status"] == "failed" and not self._bar.disable:
-                self._bar.write(f"napari-sam2: {row.movie} failed: {result['error']}", file=sys.stderr)
+            self._failed += result["status"] == "failed"
             self._bar.update(1)
             self._show()
 
+    def waiting(self, message: str | None) -> None:
+        with self._lock:
+            if message != self._waiting:
+                self._waiting = message
+                self._show()
+
     def _show(self) -> None:
-        self._bar.set_postfix_str(", ".join(self._running.values()), refresh=True)
+        parts = [f"{self._failed} failed"] if self._failed else []
+        parts += [self._waiting] if self._waiting and not self._running else list(self._running.values())
+        self._bar.set_postfix_str(", ".join(parts), refresh=True)
 
     def close(self) -> None:
         self._bar.close()

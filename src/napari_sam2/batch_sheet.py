@@ -11,17 +11,25 @@ Movies are (T, Y, X[, C]) (or (Z, Y, X[, C]) stacks tracked along Z).
 from __future__ import annotations
 
 import csv
+import hashlib
+import math
+import numbers
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cli import AUTO_PROMPTS as AUTO  # prompts: segment all on the start frame (``track --prompts auto``)
+from .cli_lineage import proposals_path
+
 COLUMNS = ("movie", "prompts", "axes", "channel", "start", "direction", "frames", "out")
 REQUIRED_COLUMNS = ("movie", "prompts")
 DEFAULT_DIRECTION = "forward"
-AUTO = "auto"  # prompts: segment all on the start frame (``track --prompts auto``)
 OUTPUT_SUFFIX = "_labels.tif"
+SUMMARY_NAME = "summary.csv"  # the batch's own file in its output folder: no row may write it
+MANIFEST_SUFFIX = ".done.json"  # the done-marker beside each output (``batch_movie.manifest_path``)
 MOVIE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".npy", ".zarr")  # longest first
 
 
@@ -56,6 +64,18 @@ class MovieRow:
         """Where this row's output goes under the batch's output folder ``out_dir``."""
         return Path(out_dir) / self.output_name()
 
+    def written_names(self) -> list[Path]:
+        """Every file or folder this row writes, relative to the output folder: the output, its done-marker and
+        the division proposals CSV the ``track`` command writes beside it."""
+        output = self.output_name()
+        return [output, output.with_name(output.name + MANIFEST_SUFFIX), proposals_path(output)]
+
+    def as_record(self) -> dict[str, Any]:
+        """This row as a sheet's columns (paths as text), e.g. to check a row built in Python as a sheet's."""
+        return {"movie": str(self.movie), "prompts": str(self.prompts), "axes": self.axes, "channel": self.channel,
+                "start": self.start, "direction": self.direction, "frames": self.frames,
+                "out": None if self.out is None else str(self.out)}
+
     def track_args(self, model: str | None, out_dir: Path | None = None) -> list[str]:
         """The ``napari-sam2 track`` arguments of this row (without ``track``): the movie, ``--prompts``,
         ``--out`` (under ``out_dir``, or relative to it when None), then only the options the row gives."""
@@ -72,13 +92,14 @@ class MovieRow:
 
     def fingerprint(self, model: str | None) -> dict[str, Any]:
         """What an existing output must have been made from to count as this row's (JSON-able): the track
-        arguments, size and modification time of the movie, the prompt file and a checkpoint file given as
-        ``model``, and the napari-sam2 version. Any change (an edited prompt file) means the movie runs again."""
+        arguments, the prompt file's content (SHA-256), size and modification time of the movie and of a
+        checkpoint file given as ``model`` (too big to hash per row), and the napari-sam2 version. Any change
+        (an edited prompt file, a re-exported movie) means the movie runs again."""
         from . import __version__
 
-        files = {"movie": _file_state(self.movie)}
+        files: dict[str, Any] = {"movie": _file_state(self.movie)}
         if self.prompts != AUTO:
-            files["prompts"] = _file_state(Path(self.prompts))
+            files["prompts"] = {"sha256": hashlib.sha256(Path(self.prompts).read_bytes()).hexdigest()}
         if model is not None and Path(model).is_file():  # a checkpoint path: retraining it in place changes it
             files["model"] = _file_state(Path(model))
         return {"track": self.track_args(model), "files": files, "napari_sam2": __version__}
@@ -110,16 +131,28 @@ def read_sheet(path: str | os.PathLike) -> list[MovieRow]:
                 raise SheetError(f"{path} row {number}: a value under a column without a name; name the column "
                                  "in the header or remove the value")
             records.append({name: value for name, value in zip(header, values) if name})
-    return _check_rows(records, path.parent.absolute(), str(path))
+    return _check_rows(records, path.parent.absolute(), f"{path} ")
 
 
-def rows_from_records(records: Sequence[Mapping[str, Any]], base: str | os.PathLike) -> list[MovieRow]:
-    """The rows of a sheet given in Python (one dict per movie, keys as the sheet's columns), with the same
-    checks as :func:`read_sheet`; relative paths are relative to ``base``."""
+def rows_from_records(records: Any, base: str | os.PathLike) -> list[MovieRow]:
+    """The rows of a sheet given in Python, with the same checks as :func:`read_sheet`: a pandas DataFrame, or a
+    list of dicts (keys as the sheet's columns) and :class:`MovieRow` objects; relative paths are relative to
+    ``base``. Rows are numbered by position (1-based)."""
+    if hasattr(records, "columns") and hasattr(records, "to_dict"):  # a pandas DataFrame (pandas not needed)
+        records = records.to_dict("records")
+    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+        raise SheetError(f"expected a sheet's path, a DataFrame or a list of rows (dicts or MovieRow), got "
+                         f"{type(records).__name__}")
+    lowered: list[dict[str, Any]] = []
     for number, record in enumerate(records, start=1):
+        if isinstance(record, MovieRow):
+            record = record.as_record()
+        if not isinstance(record, Mapping):
+            raise SheetError(f"row {number}: expected a dict of the sheet's columns or a MovieRow, got "
+                             f"{type(record).__name__}")
         _check_columns([str(key).strip().lower() for key in record], f"row {number}", header=False)
-    lowered = [{str(key).strip().lower(): value for key, value in record.items()} for record in records]
-    return _check_rows(lowered, Path(base).absolute(), "rows")
+        lowered.append({str(key).strip().lower(): value for key, value in record.items()})
+    return _check_rows(lowered, Path(base).absolute(), "")
 
 
 def movie_stem(movie: Path) -> str:
@@ -148,6 +181,7 @@ def _check_columns(names: list[str], where: str, header: bool = True) -> None:
 
 
 def _check_rows(records: list[Mapping[str, Any]], base: Path, where: str) -> list[MovieRow]:
+    """``where``: what the messages start with ("sheet.csv " or nothing), before "row N"."""
     rows = []
     for number, record in enumerate(records, start=1):
         values = {key: _text(value) for key, value in record.items()}
@@ -155,33 +189,66 @@ def _check_rows(records: list[Mapping[str, Any]], base: Path, where: str) -> lis
             continue  # a blank line, e.g. at the end of a spreadsheet export
         rows.append(_row(number, values, base, where))
     if not rows:
-        raise SheetError(f"{where}: no movie rows (one row per movie after the header)")
-    outputs: dict[str, int] = {}
-    for row in rows:
-        key = os.path.normcase(os.path.normpath(row.output_name()))
-        if key in outputs:
-            raise SheetError(f"{where} row {row.row}, column 'out': output {row.output_name()} is also row "
-                             f"{outputs[key]}'s; give each movie its own 'out' (movies of the same name in "
-                             "different folders need one)")
-        outputs[key] = row.row
+        raise SheetError(f"{where}has no movie rows (one row per movie after the header)" if where else
+                         "no movie rows given: give one dict (or MovieRow) per movie")
+    _check_written_apart(rows, where)
     return rows
 
 
+def _check_written_apart(rows: list[MovieRow], where: str) -> None:
+    """Refuse two rows writing the same file (output, done-marker or division CSV: ``x.tif`` and ``x.geff``
+    share ``x_divisions.csv``), one row writing inside another's output folder, or a row writing the batch's
+    summary. Names are compared without case: they would clash on macOS and Windows, or once copied there."""
+    owners: dict[str, tuple[int, Path]] = {SUMMARY_NAME: (0, Path(SUMMARY_NAME))}
+    for row in rows:
+        for name in row.written_names():
+            key = _key(name)
+            if key in owners and owners[key][0] != row.row:
+                raise SheetError(_clash(where, row, name, *owners[key]))
+            owners[key] = (row.row, name)
+    for row in rows:
+        for name in row.written_names():
+            for folder in Path(name).parents:
+                owner = owners.get(_key(folder))
+                if owner is not None and owner[0] != row.row:
+                    raise SheetError(_clash(where, row, name, *owner))
+
+
+def _key(name: Path) -> str:
+    return os.path.normpath(name).replace(os.sep, "/").lower()
+
+
+def _clash(where: str, row: MovieRow, name: Path, other: int, other_name: Path) -> str:
+    what = "the batch's own summary" if other == 0 else f"row {other}'s {other_name}"
+    return (f"{where}row {row.row}, column 'out': it writes {name}, which clashes with {what} (names are compared "
+            "without case; a CTC folder holds its files); give each movie its own 'out' (movies of the same name "
+            "in different folders need one)")
+
+
 def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+    """A cell as text: None, NaN and pandas' NA are empty (a DataFrame's missing values), 3.0 is "3" (a
+    DataFrame's integer column with a gap is float)."""
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
+        return ""
+    pandas = sys.modules.get("pandas")  # NA and NaT: only a DataFrame gives them, so pandas is imported then
+    if pandas is not None and pandas.api.types.is_scalar(value) and pandas.isna(value):
+        return ""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def _row(number: int, values: dict[str, str], base: Path, where: str) -> MovieRow:
     """One checked row: files exist, and the movie opens with its axes, channel and start frame as the
     ``track`` command would check them (lazily: no frame is read)."""
-    from .cli import AUTO_PROMPTS, CSV_SUFFIXES, LABEL_SUFFIXES, SESSION_SUFFIXES, _one_line
+    from .cli import CSV_SUFFIXES, LABEL_SUFFIXES, SESSION_SUFFIXES, _one_line
     from .engine.frames import _resolve_channels
     from .engine.session import DIRECTIONS
     from .movie_files import open_movie
     from .prompt_files import movie_frames
 
     def fail(column: str, message: str) -> SheetError:
-        return SheetError(f"{where} row {number}, column {column!r}: {message}")
+        return SheetError(f"{where}row {number}, column {column!r}: {message}")
 
     for column in REQUIRED_COLUMNS:
         if not values.get(column):
@@ -191,7 +258,7 @@ def _row(number: int, values: dict[str, str], base: Path, where: str) -> MovieRo
     if not movie.exists():
         raise fail("movie", f"{movie} does not exist")
     prompts: Path | str
-    if values["prompts"].lower() == AUTO_PROMPTS:
+    if values["prompts"].lower() == AUTO:
         prompts = AUTO
     else:
         prompts = _absolute(values["prompts"], base)
@@ -212,7 +279,8 @@ def _row(number: int, values: dict[str, str], base: Path, where: str) -> MovieRo
     try:
         opened = open_movie(movie, axes=axes)
     except (ValueError, OSError) as exc:
-        raise fail("axes" if axes and _opens(movie) else "movie", _one_line(exc).replace("pass --axes", "give axes").replace("--axes", "axes")) from None
+        message = _one_line(exc).replace("pass --axes", "give axes").replace("--axes", "axes")
+        raise fail("axes" if axes and _opens(movie) else "movie", message) from None
     try:
         _resolve_channels(opened.shape, None, channel)
     except ValueError as exc:

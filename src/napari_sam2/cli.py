@@ -66,6 +66,10 @@ def _one_line(error: BaseException) -> str:
     return " ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
 
 
+def _say(message: str) -> None:
+    print(f"napari-sam2: {message}", file=sys.stderr)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam2", description="SAM 2 / SAM 2.1 tracking for microscopy movies")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -195,19 +199,22 @@ class _RaisingParser(argparse.ArgumentParser):
 
 
 def track_movie(argv: Sequence[str], *, model: Any = None, out: Path | None = None,
-                on_frame: Callable[[int, int], None] | None = None) -> TrackResult:
+                on_frame: Callable[[int, int], None] | None = None,
+                say: Callable[[str], None] | None = None) -> TrackResult:
     """Run ``napari-sam2 track ARGV...`` in this process: the command's own code path, for the batch runner.
 
     ``model``: an already loaded model used instead of loading ``--model`` (a batch worker loads it once);
     ``out`` replaces ``--out`` (the batch writes to a temporary folder and renames); ``on_frame(done, total)``
-    is called after each tracked frame. Bad arguments or files raise ``ValueError`` / ``OSError``.
+    is called after each tracked frame; ``say(message)`` receives the command's messages (default: stderr; a
+    worker running several movies at once keeps each movie's own). Bad arguments or files raise ``ValueError``
+    / ``OSError``.
     """
     parser = _RaisingParser(prog="napari-sam2 track", description=TRACK_DESCRIPTION)
     _track_arguments(parser)
     args = parser.parse_args(list(argv))
     if out is not None:
         args.out = Path(out)
-    return _run_track(args, model=model, on_frame=on_frame)
+    return _run_track(args, model=model, on_frame=on_frame, say=say or _say)
 
 
 def _track(args: argparse.Namespace) -> int:
@@ -215,9 +222,10 @@ def _track(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_track(args: argparse.Namespace, model: Any = None,
-               on_frame: Callable[[int, int], None] | None = None) -> TrackResult:
-    """The body of ``napari-sam2 track``; ``model`` (already loaded) skips loading ``--model``."""
+def _run_track(args: argparse.Namespace, model: Any = None, on_frame: Callable[[int, int], None] | None = None,
+               say: Callable[[str], None] = _say) -> TrackResult:
+    """The body of ``napari-sam2 track``; ``model`` (already loaded) skips loading ``--model``; messages go to
+    ``say``."""
     out_kind = {".tif": "tiff", ".tiff": "tiff", ".geff": "geff"}.get(args.out.suffix.lower(), "ctc")
     if args.out.exists() and not args.overwrite and (out_kind != "ctc" or any(args.out.iterdir())):
         raise FileExistsError(f"output {args.out} already exists; choose another --out or pass --overwrite")
@@ -231,16 +239,16 @@ def _run_track(args: argparse.Namespace, model: Any = None,
     divide = division_options(args)  # and the division thresholds
     session = _open_session(args, movie, prompts, model)
     if not args.quiet:
-        _say(f"running on {describe_precision(session.device, session.precision)}")
+        say(f"running on {describe_precision(session.device, session.precision)}")
     fallback_warning = mps_fallback_status(session.device)
     if fallback_warning:
-        _say(f"warning: {fallback_warning}")
+        say(f"warning: {fallback_warning}")
     for click in prompts.clicks:  # added to what a saved session already holds on that frame
         session.add_points(click.frame, click.obj_id, click.points, click.labels, clear_old_points=False)
     for seed in prompts.seeds:
         session.add_labels(seed.labels, seed.frames)
     if prompts.auto:
-        _segment_all(args, session, movie.axis)
+        _segment_all(args, session, movie.axis, say)
 
     frames = session.frames_to_visit(args.start, args.direction, args.frames)
     seeded = len(session.obj_ids)
@@ -251,19 +259,19 @@ def _run_track(args: argparse.Namespace, model: Any = None,
             if on_frame is not None:
                 on_frame(done, len(frames))
     if reseed is not None:
-        _say(f"re-seeding added {len(session.obj_ids) - seeded} object(s)")
+        say(f"re-seeding added {len(session.obj_ids) - seeded} object(s)")
     if args.stop_after_absent is not None:
-        _say(f"{len(session.stopped_objects())} object(s) stopped after {args.stop_after_absent} absent frame(s)")
+        say(f"{len(session.stopped_objects())} object(s) stopped after {args.stop_after_absent} absent frame(s)")
     if args.save_session is not None:  # first: the prompts and the lineage are kept even if an output fails
         save_session(session, args.save_session)
-    report_divisions(args.divisions, session, csv_path, _say)
+    report_divisions(args.divisions, session, csv_path, say)
     labels, lineage = session.label_stack(), session.lineage()
     axes = f"{movie.axis}YX"
     if out_kind == "tiff":
         write_label_tiff(args.out, labels, axes=axes, overwrite=args.overwrite)
         written = f"label stack {labels.shape} {np.dtype(labels.dtype).name}, axes {axes}"
         if lineage:
-            _say(f"warning: a TIFF holds no lineage ({len(lineage)} link(s)); write a CTC folder or a .geff to "
+            say(f"warning: a TIFF holds no lineage ({len(lineage)} link(s)); write a CTC folder or a .geff to "
                  "keep it, or --save-session")
     elif out_kind == "geff":
         from .geff_files import write_geff  # geff, zarr and pydantic: only when asked for
@@ -273,7 +281,7 @@ def _run_track(args: argparse.Namespace, model: Any = None,
     else:
         tracks = write_ctc(args.out, labels, max_label=labels.max_label, overwrite=args.overwrite, parents=lineage)
         written = f"Cell Tracking Challenge results: {len(labels)} masks, {len(tracks)} tracks"
-    _say(f"tracked {len(session.obj_ids)} object(s) over {len(frames)} frame(s); wrote {written} to {args.out}")
+    say(f"tracked {len(session.obj_ids)} object(s) over {len(frames)} frame(s); wrote {written} to {args.out}")
     return TrackResult(frames=len(frames), objects=len(session.obj_ids), output=args.out)
 
 
@@ -355,7 +363,8 @@ def _reseed_options(args: argparse.Namespace, movie: Movie) -> ReseedOptions | N
     return options
 
 
-def _segment_all(args: argparse.Namespace, session: TrackingSession, axis: str) -> None:
+def _segment_all(args: argparse.Namespace, session: TrackingSession, axis: str,
+                 say: Callable[[str], None] = _say) -> None:
     """--prompts auto: every mask found on the --start frame becomes an object."""
     frame = 0 if args.start is None else args.start
     ids = session.segment_all(frame, _automatic_options(args))
@@ -363,7 +372,7 @@ def _segment_all(args: argparse.Namespace, session: TrackingSession, axis: str) 
         raise ValueError(f"segment all found no objects on {'frame' if axis == 'T' else 'slice'} {frame}; "
                          "try a lower --pred-iou-thresh / --stability-score-thresh, or give prompt files")
     if not args.quiet:
-        _say(f"segment all found {len(ids)} object(s) on {'frame' if axis == 'T' else 'slice'} {frame}")
+        say(f"segment all found {len(ids)} object(s) on {'frame' if axis == 'T' else 'slice'} {frame}")
 
 
 def _open_session(args: argparse.Namespace, movie: Movie, prompts: _Prompts, model: Any = None) -> TrackingSession:
@@ -404,10 +413,6 @@ def _progress_bar(total: int, axis: str, disabled: bool):
 
     return tqdm(total=total, unit="frame" if axis == "T" else "slice", desc="tracking", disable=disabled,
                 file=sys.stderr)
-
-
-def _say(message: str) -> None:
-    print(f"napari-sam2: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

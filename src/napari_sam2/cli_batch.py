@@ -32,7 +32,13 @@ def add_batch_command(commands: Any) -> None:
     batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the outputs and summary.csv")
     batch.add_argument("--model", default=None, metavar="NAME|PATH",
                        help="known model name or checkpoint file (on a cluster: a path every node can read); "
-                            "each worker loads it once")
+                            "each worker loads it once. Default: a session file's own model, else the default "
+                            "model")
+    batch.add_argument("--device", default=None, metavar="DEVICE",
+                       help="where workers run the model: cuda, cuda:N, mps or cpu (default: CUDA, then MPS, then "
+                            "the CPU; local GPU workers get one GPU each)")
+    batch.add_argument("--force", action="store_true",
+                       help="run every movie again, also those whose output is done and matches its row")
     batch.add_argument("--retries", type=_count, default=2, metavar="N",
                        help="run a movie again up to N times when it fails (default 2); a movie whose worker "
                             "dies is re-run by dask (distributed.scheduler.allowed-failures, default 3 times)")
@@ -53,8 +59,9 @@ def add_batch_command(commands: Any) -> None:
     jobs.add_argument("--memory", default=None, metavar="SIZE",
                       help=f"memory per job, e.g. 32GB (default {JOB_DEFAULTS['memory']})")
     jobs.add_argument("--walltime", default=None, metavar="HH:MM:SS",
-                      help=f"time limit per job (default {JOB_DEFAULTS['walltime']}); when a job ends its movie "
-                           "is retried on another")
+                      help=f"time limit per job (default {JOB_DEFAULTS['walltime']}); each worker retires shortly "
+                           "before it and a new job replaces it, and a movie it was tracking runs again on another "
+                           "worker: give a walltime longer than one movie takes")
     jobs.add_argument("--jobs", type=_positive, default=None, metavar="N",
                       help=f"jobs (workers) to submit (default {JOB_DEFAULTS['jobs']})")
     jobs.add_argument("--job-directive", dest="directives", action="append", default=None, metavar="TEXT",
@@ -67,7 +74,8 @@ def add_batch_command(commands: Any) -> None:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Check the sheet, start (or reach) the workers, track every movie and report; 0 when all are done."""
-    from .cli import _say
+    from .cli import EXIT_INTERRUPTED, _say
+
     given = [name for name in JOB_OPTIONS if getattr(args, name) not in (None, False)]
     if given and args.jobqueue is None:
         raise ValueError(f"--{given[0].replace('_', '-')} is an option of cluster jobs: add --slurm, --pbs or --lsf")
@@ -79,17 +87,30 @@ def run_batch(args: argparse.Namespace) -> int:
 
         print(job_script(args.jobqueue, **_job_options(args)))
         return 0
-    from .batch_sheet import read_sheet
+    from .batch_run import BatchInterrupted
+    from .batch_sheet import SUMMARY_NAME, read_sheet
 
     rows = read_sheet(args.sheet)  # every row checked before any worker starts
-    summary = _track(rows, args)
-    counts = {status: sum(line["status"] == status for line in summary) for status in ("done", "skipped", "failed")}
+    try:
+        summary = _track(rows, args)
+    except BatchInterrupted as stopped:
+        _say(f"{_counts(stopped.summary)}; summary in {args.out / SUMMARY_NAME}")
+        _say("interrupted; run the same command again to resume (done movies are skipped)")
+        return EXIT_INTERRUPTED
     for line in summary:
         if line["status"] == "failed":
             _say(f"failed: {line['movie']}: {line.get('error') or 'no error message'}")
-    _say(f"{counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed of "
-         f"{len(summary)} movie(s); summary in {args.out / 'summary.csv'}")
-    return 0 if counts["done"] + counts["skipped"] == len(summary) else EXIT_FAILED
+    _say(f"{_counts(summary)}; summary in {args.out / SUMMARY_NAME}")
+    ok = sum(line["status"] in ("done", "skipped") for line in summary)
+    return 0 if ok == len(summary) else EXIT_FAILED
+
+
+def _counts(summary: list[dict[str, Any]]) -> str:
+    """E.g. "2 done, 1 skipped (already done), 1 failed of 4 movie(s)" (and how many did not run)."""
+    count = {status: sum(line["status"] == status for line in summary) for status in ("done", "skipped", "failed")}
+    not_run = len(summary) - sum(count.values())
+    return (f"{count['done']} done, {count['skipped']} skipped (already done), {count['failed']} failed"
+            f"{f', {not_run} not run' if not_run else ''} of {len(summary)} movie(s)")
 
 
 def _track(rows: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -103,8 +124,8 @@ def _track(rows: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     elif args.jobqueue is not None:
         client = jobqueue_client(args.jobqueue, **_job_options(args))
     try:  # client None: track_many starts (and closes) a LocalCluster of --workers workers
-        return track_many(rows, args.out, client, model=args.model, workers=args.workers, retries=args.retries,
-                          progress=not args.quiet)
+        return track_many(rows, args.out, client, model=args.model, workers=args.workers, device=args.device,
+                          retries=args.retries, force=args.force, progress=not args.quiet)
     finally:
         if client is not None:
             if args.scheduler is not None:

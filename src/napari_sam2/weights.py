@@ -312,17 +312,12 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: torch.de
     checked. ``device=None`` picks CUDA, then MPS, then the CPU. The model's ``source`` attribute records
     where the weights came from; :func:`describe_model` says so, and is printed to stderr when ``verbose``.
     """
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        source = str(path.resolve())
-        checkpoint = path
-    elif path.exists():
-        raise ValueError(f"{path} is not a checkpoint file (a folder?); pass the .pt file itself")
+    found = resolve_model(name_or_path)
+    if isinstance(found, Path):
+        source = str(found.resolve())
+        checkpoint = found
     else:
-        info = _known_or_none(name_or_path)
-        if info is None:
-            raise ValueError(f"{os.fspath(name_or_path)!r} is neither a known model nor an existing file ({path} "
-                             f"does not exist); known models: {_known_names()}")
+        info = found
         if config is not None and canonical_config_name(config) != info.config:
             raise ValueError(f"model {info.name} has config {info.config}, not {config}; leave config= out "
                              "for known models")
@@ -338,6 +333,22 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: torch.de
     if verbose:
         print(f"napari-sam2: {description}", file=sys.stderr)
     return model
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path | ModelInfo:
+    """What :func:`load_model` would load, without loading or downloading it: the checkpoint file (an existing
+    file wins over a known name of the same spelling) or the known model. A folder or a name that is neither
+    raises ``ValueError`` saying what to give instead (a batch checks its model before any worker starts)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise ValueError(f"{path} is not a checkpoint file (a folder?); pass the .pt file itself")
+    info = _known_or_none(name_or_path)
+    if info is None:
+        raise ValueError(f"{os.fspath(name_or_path)!r} is neither a known model nor an existing file ({path} "
+                         f"does not exist); known models: {_known_names()}")
+    return info
 
 
 def _known_or_none(name: str | os.PathLike) -> ModelInfo | None:

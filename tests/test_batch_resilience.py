@@ -1,0 +1,116 @@
+"""A batch keeps the user's data whatever happens: a write that fails once is retried, one that keeps failing
+leaves nothing under the output's name (an older output stays as it was), and Ctrl-C cancels the running
+movie (it stops between frames on the scheduler, no partial folder stays), writes the summary with the rest
+"not run", and a rerun resumes. One in-process worker thread, so that the test can patch the command."""
+
+from __future__ import annotations
+
+import _thread
+import csv
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from batch_support import IMAGE_SIZE, write_movie
+
+from napari_sam2 import cli, track_many
+from napari_sam2.batch_movie import TOPIC, ModelSpec, manifest_path
+from napari_sam2.batch_run import BatchInterrupted
+
+pytest.importorskip("distributed")
+
+FRAMES = 3
+LONG_FRAMES = 40  # a movie still running when Ctrl-C arrives on its frame 2
+
+
+@pytest.fixture(scope="module")
+def movies(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("movies")
+    write_movie(root, "m0", FRAMES, 0)
+    write_movie(root, "long", LONG_FRAMES, 1)
+    return {"root": root, "spec": ModelSpec(str(tiny_checkpoint), image_size=IMAGE_SIZE, device="cpu"),
+            "row": {"movie": str(root / "m0.tif"), "prompts": str(root / "m0.csv")},
+            "long": {"movie": str(root / "long.tif"), "prompts": str(root / "long.csv")}}
+
+
+def failing_writes(monkeypatch, failures: int | None) -> list[int]:
+    """Make the command's label TIFF write raise ``OSError`` the first ``failures`` times (None: always)."""
+    calls = []
+    write = cli.write_label_tiff
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if failures is None or len(calls) <= failures:
+            raise OSError("No space left on device (a full disk, for the test)")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "write_label_tiff", flaky)
+    return calls
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(path.name for path in folder.rglob("*") if ".partial" in path.name)
+
+
+def test_a_write_that_fails_once_is_retried(movies, threads_client, monkeypatch, tmp_path):
+    calls = failing_writes(monkeypatch, failures=1)
+    summary = track_many([movies["row"]], tmp_path, threads_client, model=movies["spec"], retries=1,
+                         progress=False)
+    assert len(calls) == 2 and summary[0]["status"] == "done"
+    assert set(np.unique(tifffile.imread(tmp_path / "m0_labels.tif"))) == {0, 1, 2}
+    assert leftovers(tmp_path) == []
+
+
+def test_a_write_that_keeps_failing_leaves_the_older_output_as_it_was(movies, threads_client, monkeypatch,
+                                                                      tmp_path):
+    older = tmp_path / "m0_labels.tif"
+    older.write_bytes(b"an older result the user keeps")  # no done-marker: the movie runs again
+    calls = failing_writes(monkeypatch, failures=None)
+    summary = track_many([movies["row"]], tmp_path, threads_client, model=movies["spec"], retries=2,
+                         progress=False)
+    assert len(calls) == 3  # the first try and 2 retries
+    assert summary[0]["status"] == "failed" and "No space left on device" in summary[0]["error"]
+    assert older.read_bytes() == b"an older result the user keeps"
+    assert not manifest_path(older).exists() and leftovers(tmp_path) == []
+
+
+def executing(client) -> int:
+    return sum(client.run(lambda dask_worker: len(dask_worker.state.executing)).values())
+
+
+def test_ctrl_c_cancels_the_running_movie_writes_the_summary_and_a_rerun_resumes(movies, threads_client,
+                                                                                 tmp_path):
+    from distributed import Client
+
+    frames_seen, interrupted = [], threading.Event()
+
+    def interrupt_on_frame_2(event):
+        message = event[1]
+        if message.get("event") == "frame":
+            frames_seen.append(message["done"])
+            if message["done"] == 2 and not interrupted.is_set():
+                interrupted.set()
+                _thread.interrupt_main()  # as Ctrl-C in the terminal: KeyboardInterrupt in the main thread
+
+    rows = [movies["long"], movies["row"]]
+    with Client(threads_client.scheduler.address) as watcher:  # a client has one handler per topic
+        watcher.subscribe_topic(TOPIC, interrupt_on_frame_2)
+        time.sleep(1.0)  # the subscription reaches the scheduler asynchronously
+        with pytest.raises(BatchInterrupted) as caught:
+            track_many(rows, tmp_path, threads_client, model=movies["spec"], progress=False)
+        deadline = time.monotonic() + 60
+        while executing(threads_client) and time.monotonic() < deadline:  # the task stops between frames
+            time.sleep(0.1)
+        assert executing(threads_client) == 0
+    assert interrupted.is_set() and max(frames_seen) < LONG_FRAMES  # it stopped, it did not run to the end
+    statuses = [(line["status"], line["error"]) for line in caught.value.summary]
+    assert statuses == [("not run", "interrupted (Ctrl-C)")] * 2
+    with open(tmp_path / "summary.csv", newline="", encoding="utf-8") as fh:
+        assert [line["status"] for line in csv.DictReader(fh)] == ["not run", "not run"]
+    assert not (tmp_path / "long_labels.tif").exists() and leftovers(tmp_path) == []
+
+    summary = track_many(rows, tmp_path, threads_client, model=movies["spec"], progress=False)
+    assert [line["status"] for line in summary] == ["done", "done"]
+    assert tifffile.imread(tmp_path / "long_labels.tif").shape == (LONG_FRAMES, 64, 64)
