@@ -5,7 +5,6 @@ no scheduler needed) and the ``batch`` command's options."""
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import stat
@@ -17,12 +16,15 @@ from napari_sam2 import cli_batch
 from napari_sam2.batch_cluster import (
     TORCH_THREADS_PER_WORKER,
     close_client,
+    cpu_cores,
     job_script,
     jobqueue_client,
     local_client,
     scheduler_client,
     visible_gpus,
+    waiting_for_workers,
     worker_layout,
+    worker_lifetime,
 )
 
 
@@ -57,6 +59,11 @@ def test_worker_layout_refuses(cores, gpus, requested, message):
         worker_layout(cores, gpus, requested)
 
 
+def test_cpu_cores_are_those_this_process_may_use():
+    cores = cpu_cores()
+    assert isinstance(cores, int) and 1 <= cores <= (os.cpu_count() or 1)
+
+
 def test_visible_gpus_follow_this_process_list():
     assert visible_gpus(2, None) == ["0", "1"]
     assert visible_gpus(2, "") == ["0", "1"]
@@ -86,6 +93,39 @@ def test_local_workers_run_one_movie_at_a_time_with_their_share_of_torch_threads
     assert client.run(_worker_threads) == {address: ("2", 2) for address in workers}
 
 
+SPAWNED_THREADS = """
+import torch  # before the cluster starts, as the napari-sam2 script does: spawned workers import it again first
+
+from napari_sam2.batch_cluster import close_client, local_client
+
+
+def threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    for workers in (1, 2):  # the second cluster must not inherit the first one's threads
+        client = local_client(workers, cpu_count=2)
+        print(workers, sorted(client.run(threads).values()), flush=True)
+        close_client(client)
+"""
+
+
+def test_local_workers_get_their_threads_when_the_main_module_imports_torch(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "main_with_torch.py"
+    script.write_text(SPAWNED_THREADS)
+    environment = {**os.environ, "OMP_NUM_THREADS": "7"}  # the user's own setting: replaced in the workers only
+    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True,
+                          timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["1 [2]", "2 [1, 1]"]
+
+
 def test_scheduler_client_reaches_a_running_scheduler(client):
     other = scheduler_client(client.scheduler.address)
     try:
@@ -100,8 +140,26 @@ def test_scheduler_client_says_when_there_is_no_scheduler():
         scheduler_client("tcp://127.0.0.1:9", timeout=2)
 
 
+def test_waiting_for_workers_is_none_when_there_are_workers(client):
+    assert waiting_for_workers(client) is None
+
+
+def test_waiting_for_workers_names_a_scheduler_without_workers():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=0, dashboard_address=None) as cluster, Client(cluster) as empty:
+        address = cluster.scheduler_address
+        assert waiting_for_workers(empty) == (f"waiting for workers: the scheduler at {address} has none "
+                                              f"(start some: dask worker {address} --nthreads 1)")
+    assert waiting_for_workers(empty) is None  # closed: nothing to wait for, and no error
+
+
 def directives(script: str, prefix: str) -> list[str]:
     return [line[len(prefix):].strip() for line in script.splitlines() if line.startswith(prefix)]
+
+
+def worker_command(script: str) -> str:
+    return script.strip().splitlines()[-1]
 
 
 def test_slurm_job_script_books_the_resources():
@@ -110,7 +168,7 @@ def test_slurm_job_script_books_the_resources():
     assert directives(script, "#SBATCH") == ["-J dask-worker", "-p gpu", "-A lab42", "-n 1", "--cpus-per-task=8",
                                              "--mem=30G", "-t 02:30:00", "--gres=gpu:1"]
     assert "export OMP_NUM_THREADS=8" in script  # torch uses the booked cores; the nanny keeps what is exported
-    worker = script.strip().splitlines()[-1]
+    worker = worker_command(script)
     assert "distributed.cli.dask_worker tcp://" in worker and "--nthreads 1" in worker  # one movie at a time
 
 
@@ -124,9 +182,43 @@ def test_pbs_and_lsf_job_scripts_book_the_resources():
     assert all("export OMP_NUM_THREADS=6" in script and "--nthreads 1" in script for script in (pbs, lsf))
 
 
+@pytest.mark.parametrize(("walltime", "lifetime", "stagger"), [
+    ("01:00:00", 3180, 120),  # retires 51 to 55 min in: 5 min before the walltime at the latest
+    ("24:00:00", 86400 - 300 - 120, 120),
+    ("00:45:00", 2700 - 270 - 120, 120),  # under 50 min: a tenth of the walltime before it
+    ("00:10:00", 510, 30),  # under 40 min: a twentieth of it for the stagger; retires 8 to 9 min in
+    ("00:01", 51, 3),
+])
+def test_worker_lifetime_retires_the_worker_before_the_walltime(walltime, lifetime, stagger):
+    assert worker_lifetime(walltime) == (lifetime, stagger)
+
+
+def test_worker_lifetime_always_ends_before_the_walltime():
+    for seconds in range(60, 3 * 3600, 7):
+        lifetime, stagger = worker_lifetime(f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
+        assert 0 <= stagger < lifetime and 0.8 * seconds <= lifetime - stagger
+        assert lifetime + stagger <= seconds - min(300, seconds // 10)
+
+
+@pytest.mark.parametrize(("kind", "walltime", "flags"), [
+    ("slurm", "01:00:00", "--lifetime 3180s --lifetime-stagger 120s"),
+    ("pbs", "00:45:00", "--lifetime 2310s --lifetime-stagger 120s"),
+    ("lsf", "00:10:00", "--lifetime 510s --lifetime-stagger 30s"),
+])
+def test_job_workers_retire_before_the_walltime(kind, walltime, flags):
+    command = worker_command(job_script(kind, "q", cores=2, memory="4GB", walltime=walltime))
+    assert "distributed.cli.dask_worker tcp://" in command and command.endswith(flags)
+
+
+def test_worker_extra_args_follow_the_lifetime_flags():
+    command = worker_command(job_script("slurm", walltime="01:00:00", worker_extra_args=["--lifetime", "1h"]))
+    assert command.endswith("--lifetime 3180s --lifetime-stagger 120s --lifetime 1h")  # the last one counts
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"kind": "sge"}, "cluster kind must be one of slurm, pbs, lsf"),
     ({"walltime": "90 minutes"}, "walltime must be HH:MM:SS"),
+    ({"walltime": "00:00:59"}, "walltime must be at least 60 s"),
     ({"memory": "lots"}, "memory must be a size such as 16GB"),
     ({"cores": 0}, "need at least 1 core per job"),
 ])
@@ -136,39 +228,70 @@ def test_job_options_are_checked(options, message):
         job_script(arguments.pop("kind"), **arguments)
 
 
+def fake_queue(job_class, folder, monkeypatch):
+    """Stand-ins for a job class's submit / cancel commands (sbatch / scancel, qsub / qdel, bsub / bkill) that
+    record the job scripts submitted and the jobs cancelled in ``folder``; no job ever starts."""
+    log = folder / "log"
+    log.mkdir()
+    submit, cancel = folder / "submit", folder / "cancel"
+    # the jobs are submitted concurrently: each call names its copy and its job id by its own process id;
+    # the script comes as an argument (sbatch, qsub) or on standard input (bsub < script)
+    submit.write_text(f'#!/bin/sh\nif [ -n "$1" ]; then cp "$1" {log}/job$$.sh; else cat > {log}/job$$.sh; fi\n'
+                      'echo "Submitted batch job $$"\n')
+    cancel.write_text(f'#!/bin/sh\necho "$1" >> {log}/cancelled\n')
+    for script in (submit, cancel):
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(job_class, "submit_command", str(submit))
+    monkeypatch.setattr(job_class, "cancel_command", str(cancel))
+    return log
+
+
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
     """Stand-ins for sbatch / scancel that record the job scripts submitted and the jobs cancelled."""
     from dask_jobqueue.slurm import SLURMJob
 
-    log = tmp_path / "log"
-    log.mkdir()
-    sbatch, scancel = tmp_path / "sbatch", tmp_path / "scancel"
-    # the jobs are submitted concurrently: each call names its copy and its job id by its own process id
-    sbatch.write_text(f'#!/bin/sh\ncp "$1" {log}/job$$.sh\necho "Submitted batch job $$"\n')
-    scancel.write_text(f'#!/bin/sh\necho "$1" >> {log}/cancelled\n')
-    for script in (sbatch, scancel):
-        script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(SLURMJob, "submit_command", str(sbatch))
-    monkeypatch.setattr(SLURMJob, "cancel_command", str(scancel))
-    return log
+    return fake_queue(SLURMJob, tmp_path, monkeypatch)
+
+
+def wait_for_jobs(log, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(log.glob("job*.sh"))) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def test_jobqueue_client_submits_the_jobs_asked_for_and_cancels_them(fake_slurm):
     client = jobqueue_client("slurm", "short", cores=2, memory="4GB", walltime="00:10:00", jobs=3)
     try:
-        deadline = time.monotonic() + 30
-        while len(list(fake_slurm.glob("job*.sh"))) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)  # a fourth job would have been submitted by now
+        wait_for_jobs(fake_slurm, 3)
+        time.sleep(2.5)  # the adaptive loop (every second) would have submitted a fourth job by now
         scripts = sorted(fake_slurm.glob("job*.sh"))
         assert len(scripts) == 3
         assert all("#SBATCH --cpus-per-task=2" in s.read_text() and "#SBATCH -p short" in s.read_text()
                    for s in scripts)
         assert client.scheduler.address in scripts[0].read_text()  # the workers call back this scheduler
+        assert "--lifetime 510s --lifetime-stagger 30s" in scripts[0].read_text()
     finally:
         close_client(client)
     assert sorted((fake_slurm / "cancelled").read_text().split()) == sorted(s.stem[3:] for s in scripts)
+
+
+@pytest.mark.parametrize(("kind", "queue_command"), [("slurm", "squeue"), ("pbs", "qstat"), ("lsf", "bjobs")])
+def test_waiting_for_workers_names_the_jobs_not_started(kind, queue_command, tmp_path, monkeypatch):
+    from dask_jobqueue import LSFCluster, PBSCluster, SLURMCluster
+
+    cluster_class = {"slurm": SLURMCluster, "pbs": PBSCluster, "lsf": LSFCluster}[kind]
+    log = fake_queue(cluster_class.job_cls, tmp_path, monkeypatch)
+    client = jobqueue_client(kind, "short", cores=1, memory="1GB", walltime="00:10:00", jobs=2)
+    try:
+        expected = f"waiting for workers: 2 job(s) submitted, none started yet (check the queue: {queue_command})"
+        deadline = time.monotonic() + 30
+        while (message := waiting_for_workers(client)) != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert message == expected
+        assert len(list(log.glob("job*.sh"))) == 2
+    finally:
+        close_client(client)
 
 
 def batch_parser() -> argparse.ArgumentParser:
@@ -191,6 +314,19 @@ def test_job_options_need_a_job_scheduler(tmp_path):
         args.run(args)
 
 
+def test_making_a_job_cluster_keeps_ctrl_c_a_keyboard_interrupt():
+    """dask_jobqueue's import makes SIGINT a silent sys.exit(): Ctrl-C would end a batch with status 0 and no
+    summary. A fresh process: the tests' own imports of dask_jobqueue already ran it here."""
+    import subprocess
+    import sys
+
+    code = ("import signal\nfrom napari_sam2.batch_cluster import job_script\njob_script('slurm')\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"
+
+
 def test_print_job_script_submits_nothing(capsys, fake_slurm):
     args = batch_parser().parse_args(["batch", "missing.csv", "--out", "out", "--slurm", "--queue", "gpu",
                                       "--cores", "12", "--memory", "48GB", "--walltime", "04:00:00", "--jobs", "20",
@@ -199,6 +335,7 @@ def test_print_job_script_submits_nothing(capsys, fake_slurm):
     script = capsys.readouterr().out
     assert {"-p gpu", "--cpus-per-task=12", "--mem=45G", "-t 04:00:00", "--gres=gpu:1"} <= set(
         directives(script, "#SBATCH"))
+    assert worker_command(script).endswith("--lifetime 13980s --lifetime-stagger 120s")  # 4 h - 5 min - 2 min
     assert not list(fake_slurm.glob("job*.sh"))
 
 
@@ -240,56 +377,6 @@ def test_local_workers_get_one_gpu_each():
     finally:
         close_client(client)
     assert len(found) == gpus
-    assert sorted(visible for visible, _ in found.values()) == sorted(visible_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")))
+    expected = visible_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert sorted(visible for visible, _ in found.values()) == sorted(expected)
     assert all(count == 1 for _, count in found.values())
-
-
-def blob_movie(seed: int, frames: int = 3, size: int = 64):
-    """(T, Y, X) uint16: one bright blob drifting over noise."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    movie = [300 + rng.normal(0, 20, (size, size)) + 3000 * np.exp(-((yy - 20 - t) ** 2 + (xx - 24 - seed) ** 2) / 40)
-             for t in range(frames)]
-    return np.stack(movie).astype(np.uint16)
-
-
-def test_batch_command_tracks_the_sheet_as_track_does_and_resumes(tmp_path, tiny_checkpoint, client, monkeypatch,
-                                                                   capsys):
-    """``napari-sam2 batch`` end to end on 2 movies, on a LocalCluster of its own (``--workers 1``): the
-    single-movie command's labels exactly, exit 0; then, on the module's scheduler (``--scheduler``), after one
-    prompt file was broken: the other movie is skipped, the broken one fails, exit 1."""
-    import tifffile
-
-    from napari_sam2 import batch_run, cli
-    from napari_sam2.batch_movie import ModelSpec
-    from napari_sam2.weights import load_model
-
-    size = 128  # the command line always loads at 1024; the test's model input is small
-    monkeypatch.setattr(batch_run, "_model_spec", lambda model: ModelSpec(str(model), image_size=size, device="cpu"))
-    for i in range(2):
-        tifffile.imwrite(tmp_path / f"m{i}.tif", blob_movie(i), photometric="minisblack", metadata={"axes": "TYX"})
-        (tmp_path / f"m{i}.csv").write_text(f"index,axis-0,axis-1,axis-2,positive,obj_id\n0,0,20,{24 + i},True,1\n")
-    (tmp_path / "sheet.csv").write_text("movie,prompts,out\nm0.tif,m0.csv,\nm1.tif,m1.csv,one/m1.tif\n")
-    out = tmp_path / "out"
-    command = ["batch", str(tmp_path / "sheet.csv"), "--out", str(out), "--model", str(tiny_checkpoint), "--quiet"]
-    assert cli.main([*command, "--workers", "1"]) == 0, capsys.readouterr().err
-    assert "2 done, 0 skipped (already done), 0 failed of 2 movie(s)" in capsys.readouterr().err
-
-    model = load_model(tiny_checkpoint, device="cpu", image_size=size, verbose=False)
-    monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: model)
-    for i, output in enumerate([out / "m0_labels.tif", out / "one" / "m1.tif"]):
-        expected = tmp_path / f"single{i}.tif"
-        assert cli.main(["track", str(tmp_path / f"m{i}.tif"), "--prompts", str(tmp_path / f"m{i}.csv"), "--out",
-                         str(expected), "--quiet"]) == 0
-        assert (tifffile.imread(output) == tifffile.imread(expected)).all()
-        assert tifffile.imread(output).max() == 1  # the object was tracked, not an empty stack
-
-    (tmp_path / "m1.csv").write_text("index,axis-0\n0,not-a-frame\n")  # edited: its row must run again
-    assert cli.main([*command, "--scheduler", client.scheduler.address]) == 1
-    err = capsys.readouterr().err
-    assert "1 done" not in err and "0 done, 1 skipped (already done), 1 failed of 2 movie(s)" in err
-    assert f"failed: {tmp_path / 'm1.tif'}" in err
-    with open(out / "summary.csv", newline="") as handle:
-        assert [line["status"] for line in csv.DictReader(handle)] == ["skipped", "failed"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _thread
 import csv
+import signal
 import threading
 import time
 
@@ -80,8 +81,17 @@ def executing(client) -> int:
     return sum(client.run(lambda dask_worker: len(dask_worker.state.executing)).values())
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C (KeyboardInterrupt) for the test: importing dask_jobqueue in the tests (as a test of
+    the job scripts does) replaces it with a silent exit; napari-sam2 keeps it (see test_batch_cluster)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def test_ctrl_c_cancels_the_running_movie_writes_the_summary_and_a_rerun_resumes(movies, threads_client,
-                                                                                 tmp_path):
+                                                                                 tmp_path, python_ctrl_c):
     from distributed import Client
 
     frames_seen, interrupted = [], threading.Event()
