@@ -119,7 +119,12 @@ def test_local_workers_get_their_threads_when_the_main_module_imports_torch(tmp_
 
     script = tmp_path / "main_with_torch.py"
     script.write_text(SPAWNED_THREADS)
-    environment = {**os.environ, "OMP_NUM_THREADS": "7"}  # the user's own setting: replaced in the workers only
+    from napari_sam2.device import accelerators
+
+    if "mps" in accelerators():
+        pytest.skip("a Mac's GPU (MPS) gets one worker: the 2-worker layout is for CPUs")
+    # the user's own setting, replaced in the workers only; no CUDA GPU, so that the CPU layout is used
+    environment = {**os.environ, "OMP_NUM_THREADS": "7", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True,
                           timeout=300, env=environment)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -312,6 +317,20 @@ def test_job_options_need_a_job_scheduler(tmp_path):
     args = batch_parser().parse_args(["batch", "sheet.csv", "--out", str(tmp_path), "--queue", "gpu"])
     with pytest.raises(ValueError, match=re.escape("--queue is an option of cluster jobs: add --slurm, --pbs or")):
         args.run(args)
+
+
+def test_a_bad_model_is_refused_before_any_job_is_submitted(tmp_path, fake_slurm, capsys):
+    from batch_support import write_movie
+
+    from napari_sam2 import cli
+
+    write_movie(tmp_path, "m0", 2, 0)
+    (tmp_path / "sheet.csv").write_text("movie,prompts\nm0.tif,m0.csv\n")
+    assert cli.main(["batch", str(tmp_path / "sheet.csv"), "--out", str(tmp_path / "out"), "--slurm", "--model",
+                     "sam3_hiera_huge", "--quiet"]) == 1
+    assert "'sam3_hiera_huge' is neither a known model nor an existing file" in capsys.readouterr().err
+    time.sleep(1.0)  # a job submitted by an adaptive cluster would be there by now
+    assert not list(fake_slurm.glob("job*.sh")) and not (tmp_path / "out").exists()
 
 
 def test_making_a_job_cluster_keeps_ctrl_c_a_keyboard_interrupt():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _thread
 import csv
+import json
 import signal
 import threading
 import time
@@ -17,7 +18,7 @@ import tifffile
 from batch_support import IMAGE_SIZE, write_movie
 
 from napari_sam2 import cli, track_many
-from napari_sam2.batch_movie import TOPIC, ModelSpec, manifest_path
+from napari_sam2.batch_movie import TOPIC, ModelSpec, manifest_path, write_manifest
 from napari_sam2.batch_run import BatchInterrupted
 
 pytest.importorskip("distributed")
@@ -67,14 +68,16 @@ def test_a_write_that_fails_once_is_retried(movies, threads_client, monkeypatch,
 def test_a_write_that_keeps_failing_leaves_the_older_output_as_it_was(movies, threads_client, monkeypatch,
                                                                       tmp_path):
     older = tmp_path / "m0_labels.tif"
-    older.write_bytes(b"an older result the user keeps")  # no done-marker: the movie runs again
+    older.write_bytes(b"an older result the user keeps")
+    write_manifest(older, {"fingerprint": {"made": "with other settings"}})  # an earlier batch's: runs again
     calls = failing_writes(monkeypatch, failures=None)
     summary = track_many([movies["row"]], tmp_path, threads_client, model=movies["spec"], retries=2,
                          progress=False)
     assert len(calls) == 3  # the first try and 2 retries
     assert summary[0]["status"] == "failed" and "No space left on device" in summary[0]["error"]
     assert older.read_bytes() == b"an older result the user keeps"
-    assert not manifest_path(older).exists() and leftovers(tmp_path) == []
+    assert json.loads(manifest_path(older).read_text()) == {"fingerprint": {"made": "with other settings"}}
+    assert leftovers(tmp_path) == []
 
 
 def executing(client) -> int:
@@ -94,11 +97,13 @@ def test_ctrl_c_cancels_the_running_movie_writes_the_summary_and_a_rerun_resumes
                                                                                  tmp_path, python_ctrl_c):
     from distributed import Client
 
-    frames_seen, interrupted = [], threading.Event()
+    frames_seen, interrupted, subscribed = [], threading.Event(), threading.Event()
 
     def interrupt_on_frame_2(event):
         message = event[1]
-        if message.get("event") == "frame":
+        if message.get("event") == "probe":
+            subscribed.set()
+        elif message.get("event") == "frame":
             frames_seen.append(message["done"])
             if message["done"] == 2 and not interrupted.is_set():
                 interrupted.set()
@@ -107,7 +112,8 @@ def test_ctrl_c_cancels_the_running_movie_writes_the_summary_and_a_rerun_resumes
     rows = [movies["long"], movies["row"]]
     with Client(threads_client.scheduler.address) as watcher:  # a client has one handler per topic
         watcher.subscribe_topic(TOPIC, interrupt_on_frame_2)
-        time.sleep(1.0)  # the subscription reaches the scheduler asynchronously
+        while not subscribed.wait(0.1):  # the subscription reaches the scheduler asynchronously
+            watcher.log_event(TOPIC, {"event": "probe"})
         with pytest.raises(BatchInterrupted) as caught:
             track_many(rows, tmp_path, threads_client, model=movies["spec"], progress=False)
         deadline = time.monotonic() + 60

@@ -139,10 +139,13 @@ def test_a_ctc_folder_output_from_records_replaces_an_unfinished_one(files, firs
     out = tmp_path / "out"
     stale = out / "ctc" / "01_RES"
     stale.mkdir(parents=True)
-    (stale / "mask999.tif").write_bytes(b"from a run that never finished")  # no done-marker beside it
+    (stale / "mask999.tif").write_bytes(b"from a run that never finished")
     monkeypatch.chdir(files["root"])  # records' paths are relative to the working folder
-    summary = track_many([{"movie": "m0.tif", "prompts": "m0.csv", "out": "ctc/01_RES"}], out, client,
-                         model=files["spec"], progress=False)
+    records = [{"movie": "m0.tif", "prompts": "m0.csv", "out": "ctc/01_RES"}]
+    with pytest.raises(ValueError, match="already exists and no batch wrote it"):  # no done-marker: the user's
+        track_many(records, out, client, model=files["spec"], progress=False)
+    (out / "ctc" / "01_RES.done.json").write_text('{"fingerprint": null, "publishing": true}')  # cut off
+    summary = track_many(records, out, client, model=files["spec"], progress=False)
     assert summary[0]["status"] == "done" and summary[0]["output"] == str(stale)
     masks = sorted(stale.glob("mask*.tif"))
     assert len(masks) == FRAMES and (stale / "res_track.txt").is_file()

@@ -153,6 +153,15 @@ def test_rows_from_records_are_checked_like_a_sheet(files):
         rows_from_records([{"movie": "stack.npy", "prompts": "auto", "start": 9}], base=files)
 
 
+def test_rows_read_from_a_sheet_keep_their_numbers_when_checked_again(files):
+    rows = read_sheet(write_sheet(files, "movie,prompts\nstack.npy,auto\n\nA1/pos1.ome.tif,auto\n"))
+    assert [row.row for row in rows] == [1, 3]  # the blank line counted
+    assert rows_from_records(rows, base=files) == rows
+    broken = [rows[0], MovieRow(row=3, movie=files / "gone.tif", prompts="auto")]
+    with pytest.raises(SheetError, match=r"^row 3, column 'movie'"):
+        rows_from_records(broken, base=files)
+
+
 def test_rows_from_a_dataframe_with_gaps_and_a_mix_of_dicts_and_rows(files):
     pandas = pytest.importorskip("pandas")
     frame = pandas.DataFrame({"movie": ["stack.npy", "two_channels.tif"], "prompts": ["auto", "clicks.csv"],

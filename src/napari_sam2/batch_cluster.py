@@ -81,7 +81,7 @@ def local_client(workers: int | None = None, *, cpu_count: int | None = None) ->
     CUDA GPUs: one worker per GPU, each seeing only its own. Apple MPS counts as one GPU. ``cpu_count``
     overrides the cores found (:func:`cpu_cores`). Close it with :func:`close_client` (it closes the cluster).
     """
-    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     from .device import accelerators
 
@@ -105,7 +105,7 @@ def local_client(workers: int | None = None, *, cpu_count: int | None = None) ->
         else:
             cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, env=env,
                                    dashboard_address=dashboard)
-    return Client(cluster)
+    return _client_on(cluster)
 
 
 @contextlib.contextmanager
@@ -261,9 +261,19 @@ def jobqueue_client(kind: str, queue: str | None = None, cores: int = TORCH_THRE
                     memory: str = "16GB", walltime: str = "01:00:00", jobs: int = 1, **options: Any) -> Any:
     """A Client on :func:`jobqueue_cluster` with its ``jobs`` jobs submitted; close it with :func:`close_client`
     (which cancels the jobs)."""
+    return _client_on(jobqueue_cluster(kind, queue, cores, memory, walltime, jobs, **options))
+
+
+def _client_on(cluster: Any) -> Any:
+    """A Client on ``cluster``; the cluster is closed when the client cannot be made (its workers or jobs
+    would otherwise outlive the failed command: an adaptive cluster keeps submitting jobs)."""
     from distributed import Client
 
-    return Client(jobqueue_cluster(kind, queue, cores, memory, walltime, jobs, **options))
+    try:
+        return Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
 
 
 def waiting_for_workers(client: Any) -> str | None:

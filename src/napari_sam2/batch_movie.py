@@ -8,6 +8,7 @@ dies mid-movie leaves no output under the final name, and a later batch skips a 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -120,10 +121,8 @@ def run_movie(row: Any, out_dir: Path, spec: ModelSpec, fingerprint: dict[str, A
         still_wanted()  # not published for a batch that has given up on it
         seconds = time.perf_counter() - started
         _publish(partial, output)
-        manifest = {"fingerprint": fingerprint, "model": spec.as_dict(), "frames": result.frames,
-                    "objects": result.objects, "seconds": round(seconds, 3)}
-        with atomic_target(manifest_path(output)) as target:
-            target.write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
+        write_manifest(output, {"fingerprint": fingerprint, "model": spec.as_dict(), "frames": result.frames,
+                                "objects": result.objects, "seconds": round(seconds, 3)})
         for message in messages:  # shown in the worker's log (the terminal of a LocalCluster)
             if message.lower().startswith("warning:"):
                 print(f"napari-sam2: {row.movie}: {message}", file=sys.stderr)
@@ -153,26 +152,39 @@ def _cancel_check():
     return check
 
 
+def write_manifest(output: Path, content: dict[str, Any]) -> None:
+    """Write the done-marker of ``output`` atomically (a reader sees the old one or the new one, whole)."""
+    with atomic_target(manifest_path(output)) as target:
+        target.write_text(json.dumps(content, indent=1, default=str), encoding="utf-8")
+
+
 def _publish(partial: Path, output: Path) -> None:
     """Move what the run wrote in ``partial`` beside ``output`` (renames in one folder: atomic per file).
 
-    The old done-marker goes first, so that an interruption here never pairs an old marker with a new output;
-    an earlier run's outputs of the same names (a division CSV this run did not write) are replaced or removed.
+    The done-marker first becomes a "publishing" one that matches no row, so that an interruption here never
+    pairs an old marker with a new output, and the output stays known as the batch's own (a later run may
+    replace it; an output without a marker is the user's and is refused). An earlier run's outputs of the same
+    names (a division CSV this run did not write) are replaced or removed; an earlier output folder is first
+    renamed aside (a hidden ``.NAME.replaced-*`` beside it) and deleted only once the new one is in place, so
+    a worker killed in between never takes it down with its partial folder.
     """
     from .cli_lineage import proposals_path
 
     if not (partial / output.name).exists():  # never publish (or delete an earlier good output) for nothing
         raise RuntimeError(f"the run wrote no {output.name} in {partial}")
-    manifest_path(output).unlink(missing_ok=True)
+    write_manifest(output, {"fingerprint": None, "publishing": True})
+    aside = []
     for name in (proposals_path(output).name, output.name):  # the output last: it exists only when complete
         source, target = partial / name, output.parent / name
         if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a non-empty folder
-            stale = partial / f"{name}.old"
-            os.replace(target, stale)
+            aside.append(output.parent / f".{name}.replaced-{uuid.uuid4().hex[:8]}")
+            os.replace(target, aside[-1])
         elif target.exists() and not source.exists():
             target.unlink()
         if source.exists():
             os.replace(source, target)
+    for folder in aside:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def partial_prefix(output: Path, batch: str) -> str:
@@ -184,7 +196,7 @@ def remove_partials(output: Path, batch: str) -> None:
     """Remove the hidden folders the movies of ``batch`` left beside ``output`` (workers that died, or tasks
     cancelled mid-write); another batch's, still writing, are left alone."""
     if output.parent.is_dir():
-        for stale in output.parent.glob(f"{partial_prefix(output, batch)}*"):
+        for stale in output.parent.glob(f"{glob.escape(partial_prefix(output, batch))}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
 

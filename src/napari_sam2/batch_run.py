@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
-import threading
+import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,17 @@ from .batch_movie import (
     TOPIC,
     ModelSpec,
     finished,
+    manifest_path,
     remove_partials,
     row_fingerprint,
     run_movie,
     summary_row,
 )
-from .batch_sheet import AUTO, SUMMARY_NAME, movie_stem
+from .batch_progress import BatchProgress
+from .batch_sheet import AUTO, SUMMARY_NAME
 
-WAIT_SECONDS = 2.0  # how often the progress bar looks for workers while no movie finishes
+POLL_SECONDS = 0.1  # how often finished movies are looked for
+WAIT_SECONDS = 2.0  # how often the progress bar asks whether there are workers
 NOT_RUN = "not run"
 
 
@@ -42,6 +44,17 @@ class BatchInterrupted(KeyboardInterrupt):
     def __init__(self, summary: list[dict[str, Any]]) -> None:
         super().__init__("batch interrupted; run it again to resume")
         self.summary = summary
+
+
+@dataclass
+class BatchPlan:
+    """A checked batch, nothing run yet: every row, the movies to run (row, model, fingerprint) and the lines
+    of the movies already done ("skipped"). :func:`plan_batch` makes it, :func:`run_plan` runs it."""
+
+    rows: list[Any]
+    out: Path
+    todo: list[tuple[Any, ModelSpec, dict[str, Any]]]
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def track_many(sheet_or_rows: Any, out: str | os.PathLike, client: Any = None, *,
@@ -62,94 +75,111 @@ def track_many(sheet_or_rows: Any, out: str | os.PathLike, client: Any = None, *
     ``device`` ("cuda", "cpu", ...) overrides where workers run it (default: CUDA, then MPS, then the CPU).
 
     A movie whose output exists with a manifest matching its row is "skipped" (``force=True`` runs it again);
-    a task that raises is retried ``retries`` times; a bad input is "failed" with a one-line error at once,
+    an output of a row's name that no batch wrote (no ``.done.json`` beside it) is refused unless ``force``.
+    A task that raises is retried ``retries`` times; a bad input is "failed" with a one-line error at once,
     and the others go on. Summary keys: movie, status, frames, objects, seconds, output, error. Ctrl-C
     cancels the unfinished movies, writes the summary (them as "not run") and raises :class:`BatchInterrupted`.
     """
     if client is not None and workers is not None:
         raise ValueError("give workers= or client=, not both: workers= sizes the LocalCluster track_many starts "
                          "when no client is given")
+    plan = plan_batch(sheet_or_rows, out, model=model, device=device, force=force)
+    return run_plan(plan, client, workers=workers, retries=retries, progress=progress)
+
+
+def plan_batch(sheet_or_rows: Any, out: str | os.PathLike, *, model: str | os.PathLike | ModelSpec | None = None,
+               device: str | None = None, force: bool = False) -> BatchPlan:
+    """Check the rows, outputs, model and device (as :func:`track_many`) and find the movies already done,
+    before any worker starts (the command line plans, then submits cluster jobs). Writes nothing."""
     out = Path(out).absolute()  # workers (cluster jobs) may run in another folder
     rows = _rows(sheet_or_rows)
-    check_outputs(rows, out)
+    check_outputs(rows, out, force=force)
     base = _model_spec(model)
     if device is not None:
         base = replace(base, device=_device_name(device))
-    specs = {row.row: base if model is not None else _session_model(row, base) for row in rows}
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[int, dict[str, Any]] = {}
-    todo = []
+    plan = BatchPlan(rows, out, [])
     for row in rows:
+        spec = base if model is not None else _session_model(row, base)
         output = Path(row.output_path(out))
-        fingerprint = row_fingerprint(row, specs[row.row])
+        fingerprint = row_fingerprint(row, spec)
         manifest = None if force else finished(output, fingerprint)
         if manifest is not None:
-            results[row.row] = summary_row(row, "skipped", output, frames=manifest.get("frames"),
-                                           objects=manifest.get("objects"), seconds=0.0)
+            plan.results[row.row] = summary_row(row, "skipped", output, frames=manifest.get("frames"),
+                                                objects=manifest.get("objects"), seconds=0.0)
         else:
-            todo.append((row, specs[row.row], fingerprint))
+            plan.todo.append((row, spec, fingerprint))
+    return plan
+
+
+def run_plan(plan: BatchPlan, client: Any = None, *, workers: int | None = None, retries: int = 2,
+             progress: bool = True) -> list[dict[str, Any]]:
+    """Run the movies of ``plan`` on ``client`` (None: a LocalCluster of ``workers``, closed at the end) and
+    write ``summary.csv``; returns its lines. Ctrl-C: :class:`BatchInterrupted`, after writing the summary."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    results = dict(plan.results)
     try:
-        if todo:
-            _run(todo, out, client, results, workers=workers, retries=retries, progress=progress,
+        if plan.todo:
+            _run(plan.todo, plan.out, client, results, workers=workers, retries=retries, progress=progress,
                  skipped=len(results))
     except BaseException as exc:  # Ctrl-C or a lost scheduler: what ran is kept and the rest said "not run"
         from .cli import _one_line
 
         interrupted = isinstance(exc, KeyboardInterrupt)
         reason = "interrupted (Ctrl-C)" if interrupted else f"the batch stopped: {_one_line(exc)}"
-        summary = _summary(rows, results, out, reason)
-        write_summary(out / SUMMARY_NAME, summary)
+        summary = _summary(plan, results, reason)
+        write_summary(plan.out / SUMMARY_NAME, summary)
         if interrupted:
             raise BatchInterrupted(summary) from None
         raise
-    summary = _summary(rows, results, out, "")
-    write_summary(out / SUMMARY_NAME, summary)
+    summary = _summary(plan, results, "")
+    write_summary(plan.out / SUMMARY_NAME, summary)
     return summary
 
 
-def _summary(rows: list[Any], results: dict[int, dict[str, Any]], out: Path, reason: str) -> list[dict[str, Any]]:
-    return [results.get(row.row) or summary_row(row, NOT_RUN, Path(row.output_path(out)), error=reason)
-            for row in rows]
+def _summary(plan: BatchPlan, results: dict[int, dict[str, Any]], reason: str) -> list[dict[str, Any]]:
+    return [results.get(row.row) or summary_row(row, NOT_RUN, Path(row.output_path(plan.out)), error=reason)
+            for row in plan.rows]
 
 
 def _run(todo: list[tuple[Any, ModelSpec, dict[str, Any]]], out: Path, client: Any,
          results: dict[int, dict[str, Any]], *, workers: int | None, retries: int, progress: bool,
          skipped: int) -> None:
     """Submit one task per movie and put their summary rows in ``results`` as they finish; on any exit the
-    unfinished tasks are cancelled (a shared scheduler does not go on with them) and partial folders removed."""
-    from distributed import wait
+    movies that finished meanwhile are still collected, the unfinished tasks cancelled (a shared scheduler
+    does not go on with them) and partial folders removed."""
+    from distributed import as_completed
 
     from .batch_cluster import close_client, local_client, waiting_for_workers
-    from .cli import _one_line
 
     own = client is None
     if own:
         client = local_client(workers)
     batch = uuid.uuid4().hex
-    bar = _Progress(len(todo) + skipped, skipped, disabled=not progress)
+    bar = BatchProgress(len(todo) + skipped, skipped, disabled=not progress)
     futures: dict[Any, Any] = {}
     try:
         client.subscribe_topic(TOPIC, bar.event_handler(batch))
-        futures = {client.submit(run_movie, row, out, spec, fingerprint, batch, retries=retries, pure=False,
-                                 key=f"napari-sam2-movie-{row.row}-{batch}"): row for row, spec, fingerprint in todo}
-        pending = set(futures)
-        while pending:
-            try:
-                done, pending = wait(pending, timeout=WAIT_SECONDS, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            for future in done:
-                row = futures[future]
-                try:
-                    result = future.result()
-                except Exception as exc:  # noqa: BLE001 - after dask's retries: this movie failed, the others go on
-                    result = summary_row(row, "failed", Path(row.output_path(out)), error=_one_line(exc))
-                results[row.row] = result
-                bar.finished(row, result)
-            bar.waiting(waiting_for_workers(client) if pending else None)
+        for row, spec, fingerprint in todo:
+            futures[client.submit(run_movie, row, out, spec, fingerprint, batch, retries=retries, pure=False,
+                                  key=f"napari-sam2-movie-{row.row}-{batch}")] = row
+        # One as_completed polled (dask's wait(FIRST_COMPLETED) in a loop would leave a waiter per pending
+        # movie on every pass); the sleep keeps Ctrl-C immediate and lets the bar say what the batch waits for.
+        completed, asked = as_completed(futures), 0.0
+        while not completed.is_empty():
+            ready = completed.next_batch(block=False)
+            for future in ready:
+                _collect(future, futures[future], out, results, bar)
+            if not ready:
+                time.sleep(POLL_SECONDS)
+            if bar.shown and time.monotonic() - asked > WAIT_SECONDS:
+                bar.waiting(waiting_for_workers(client))
+                asked = time.monotonic()
     finally:
-        unfinished = [future for future in futures if not future.done()]
         try:
+            for future, row in futures.items():  # finished before an interruption: published, so reported
+                if future.done() and row.row not in results:
+                    _collect(future, row, out, results, bar)
+            unfinished = [future for future in futures if not future.done()]
             if unfinished:  # interrupted: a shared scheduler must not go on with this batch's movies
                 client.cancel(unfinished)
             client.unsubscribe_topic(TOPIC)
@@ -161,20 +191,45 @@ def _run(todo: list[tuple[Any, ModelSpec, dict[str, Any]]], out: Path, client: A
                 remove_partials(Path(row.output_path(out)), batch)  # workers that died, tasks cancelled
 
 
-def check_outputs(rows: list[Any], out: Path) -> None:
-    """Refuse, before anything runs, an output outside ``out`` or one that is (or holds) a movie or prompt file
-    of any row: publishing it would replace the user's input (e.g. seed labels named ``pos1_labels.tif``)."""
+def _collect(future: Any, row: Any, out: Path, results: dict[int, dict[str, Any]], bar: BatchProgress) -> None:
+    """The summary line of a finished task: its own, or "failed" with the error that outlived dask's retries."""
+    from .cli import _one_line
+
+    try:
+        result = future.result()
+    except Exception as exc:  # noqa: BLE001 - after dask's retries: this movie failed, the others go on
+        result = summary_row(row, "failed", Path(row.output_path(out)), error=_one_line(exc))
+    results[row.row] = result
+    bar.finished(row, result)
+
+
+def check_outputs(rows: list[Any], out: Path, force: bool = False) -> None:
+    """Refuse, before anything runs, an output outside ``out``, one that is (or holds) a movie or prompt file
+    of any row (publishing it would replace the user's input, e.g. seed labels named ``pos1_labels.tif``), and,
+    unless ``force``, an existing output that no batch wrote (no done-marker beside it: the user's own file).
+    Linear in the rows: every input and the folders above it are looked up in one table."""
     root = Path(out).resolve()
-    inputs = {Path(p).resolve(): row.row for row in rows for p in (row.movie, row.prompts) if p != AUTO}
+    holders: dict[Path, tuple[int, Path]] = {}  # each input and every folder above it -> (row, input)
     for row in rows:
-        output = Path(row.output_path(root)).resolve()
+        for given in (row.movie, row.prompts):
+            if given != AUTO:
+                path = Path(given).resolve()
+                for place in (path, *path.parents):
+                    holders.setdefault(place, (row.row, path))
+    for row in rows:
+        given = Path(row.output_path(Path(out).absolute()))
+        output = given.resolve()
         if root not in output.parents:
             raise ValueError(f"row {row.row}, column 'out': {row.output_name()} is outside the batch's --out {root}; "
                              "give a path inside it (no '..', not absolute)")
-        for path, other in inputs.items():
-            if path == output or output in path.parents:
-                raise ValueError(f"row {row.row}: its output {output} would replace row {other}'s input {path}; "
-                                 "give the row another 'out' or the batch another --out")
+        if output in holders:
+            other, path = holders[output]
+            raise ValueError(f"row {row.row}: its output {output} would replace row {other}'s input {path}; "
+                             "give the row another 'out' or the batch another --out")
+        if not force and given.exists() and not manifest_path(given).exists():
+            raise ValueError(f"row {row.row}: its output {given} already exists and no batch wrote it (no "
+                             f"{manifest_path(given).name} beside it); move it away, give the row another 'out' "
+                             "or the batch another --out, or pass --force (force=True) to replace it")
 
 
 def _rows(sheet_or_rows: Any) -> list[Any]:
@@ -237,52 +292,3 @@ def write_summary(path: Path, summary: list[dict[str, Any]]) -> None:
         writer.writeheader()
         for line in summary:
             writer.writerow({key: "" if line.get(key) is None else line[key] for key in SUMMARY_COLUMNS})
-
-
-class _Progress:
-    """A tqdm bar over movies whose postfix shows the failures so far, the frames of the running movies (fed by
-    worker events) or, while no worker is there, what the batch waits for."""
-
-    def __init__(self, total: int, initial: int, disabled: bool) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=total, initial=initial, unit="movie", desc="batch", disable=disabled,
-                         file=sys.stderr)
-        self._running: dict[int, str] = {}
-        self._failed = 0
-        self._waiting: str | None = None
-        self._lock = threading.Lock()  # events arrive on the client's event loop thread
-
-    def event_handler(self, batch: str):
-        def handle(event: tuple[float, dict[str, Any]]) -> None:
-            message = event[1]
-            if not isinstance(message, dict) or message.get("batch") != batch:
-                return  # another batch on the same scheduler
-            if message["event"] in ("start", "frame"):
-                done, total = message["done"], message["total"]
-                with self._lock:
-                    self._running[message["row"]] = f"{movie_stem(Path(message['movie']))} {done}/{total or '?'}"
-                    self._show()
-
-        return handle
-
-    def finished(self, row: Any, result: dict[str, Any]) -> None:
-        with self._lock:
-            self._running.pop(row.row, None)
-            self._failed += result["status"] == "failed"
-            self._bar.update(1)
-            self._show()
-
-    def waiting(self, message: str | None) -> None:
-        with self._lock:
-            if message != self._waiting:
-                self._waiting = message
-                self._show()
-
-    def _show(self) -> None:
-        parts = [f"{self._failed} failed"] if self._failed else []
-        parts += [self._waiting] if self._waiting and not self._running else list(self._running.values())
-        self._bar.set_postfix_str(", ".join(parts), refresh=True)
-
-    def close(self) -> None:
-        self._bar.close()

@@ -131,27 +131,28 @@ def read_sheet(path: str | os.PathLike) -> list[MovieRow]:
                 raise SheetError(f"{path} row {number}: a value under a column without a name; name the column "
                                  "in the header or remove the value")
             records.append({name: value for name, value in zip(header, values) if name})
-    return _check_rows(records, path.parent.absolute(), f"{path} ")
+    return _check_rows(list(enumerate(records, start=1)), path.parent.absolute(), f"{path} ")
 
 
 def rows_from_records(records: Any, base: str | os.PathLike) -> list[MovieRow]:
     """The rows of a sheet given in Python, with the same checks as :func:`read_sheet`: a pandas DataFrame, or a
     list of dicts (keys as the sheet's columns) and :class:`MovieRow` objects; relative paths are relative to
-    ``base``. Rows are numbered by position (1-based)."""
+    ``base``. A ``MovieRow`` keeps its number (a sheet's row read again is named as in the sheet); other rows
+    are numbered by position (1-based)."""
     if hasattr(records, "columns") and hasattr(records, "to_dict"):  # a pandas DataFrame (pandas not needed)
         records = records.to_dict("records")
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise SheetError(f"expected a sheet's path, a DataFrame or a list of rows (dicts or MovieRow), got "
                          f"{type(records).__name__}")
-    lowered: list[dict[str, Any]] = []
+    lowered: list[tuple[int, dict[str, Any]]] = []
     for number, record in enumerate(records, start=1):
         if isinstance(record, MovieRow):
-            record = record.as_record()
+            number, record = record.row, record.as_record()
         if not isinstance(record, Mapping):
             raise SheetError(f"row {number}: expected a dict of the sheet's columns or a MovieRow, got "
                              f"{type(record).__name__}")
         _check_columns([str(key).strip().lower() for key in record], f"row {number}", header=False)
-        lowered.append({str(key).strip().lower(): value for key, value in record.items()})
+        lowered.append((number, {str(key).strip().lower(): value for key, value in record.items()}))
     return _check_rows(lowered, Path(base).absolute(), "")
 
 
@@ -180,10 +181,11 @@ def _check_columns(names: list[str], where: str, header: bool = True) -> None:
                          "movie,prompts,start")
 
 
-def _check_rows(records: list[Mapping[str, Any]], base: Path, where: str) -> list[MovieRow]:
-    """``where``: what the messages start with ("sheet.csv " or nothing), before "row N"."""
+def _check_rows(records: list[tuple[int, Mapping[str, Any]]], base: Path, where: str) -> list[MovieRow]:
+    """``records``: (row number, cells) pairs; ``where``: what the messages start with ("sheet.csv " or
+    nothing), before "row N"."""
     rows = []
-    for number, record in enumerate(records, start=1):
+    for number, record in records:
         values = {key: _text(value) for key, value in record.items()}
         if not any(values.values()):
             continue  # a blank line, e.g. at the end of a spreadsheet export

@@ -87,12 +87,13 @@ def run_batch(args: argparse.Namespace) -> int:
 
         print(job_script(args.jobqueue, **_job_options(args)))
         return 0
-    from .batch_run import BatchInterrupted
-    from .batch_sheet import SUMMARY_NAME, read_sheet
+    from .batch_run import BatchInterrupted, plan_batch
+    from .batch_sheet import SUMMARY_NAME
 
-    rows = read_sheet(args.sheet)  # every row checked before any worker starts
+    # every row, output, the model and the device checked before any worker starts or job is submitted
+    plan = plan_batch(args.sheet, args.out, model=args.model, device=args.device, force=args.force)
     try:
-        summary = _track(rows, args)
+        summary = _track(plan, args)
     except BatchInterrupted as stopped:
         _say(f"{_counts(stopped.summary)}; summary in {args.out / SUMMARY_NAME}")
         _say("interrupted; run the same command again to resume (done movies are skipped)")
@@ -113,19 +114,18 @@ def _counts(summary: list[dict[str, Any]]) -> str:
             f"{f', {not_run} not run' if not_run else ''} of {len(summary)} movie(s)")
 
 
-def _track(rows: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run ``track_many`` on the client the options ask for; a client made here is closed at the end."""
+def _track(plan: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run the checked ``plan`` on the client the options ask for; a client made here is closed at the end."""
     from .batch_cluster import close_client, jobqueue_client, scheduler_client
-    from .batch_run import track_many
+    from .batch_run import run_plan
 
     client = None
     if args.scheduler is not None:
         client = scheduler_client(args.scheduler)
     elif args.jobqueue is not None:
         client = jobqueue_client(args.jobqueue, **_job_options(args))
-    try:  # client None: track_many starts (and closes) a LocalCluster of --workers workers
-        return track_many(rows, args.out, client, model=args.model, workers=args.workers, device=args.device,
-                          retries=args.retries, force=args.force, progress=not args.quiet)
+    try:  # client None: run_plan starts (and closes) a LocalCluster of --workers workers
+        return run_plan(plan, client, workers=args.workers, retries=args.retries, progress=not args.quiet)
     finally:
         if client is not None:
             if args.scheduler is not None:
