@@ -39,9 +39,13 @@ def test_an_existing_output_no_batch_wrote_is_refused_unless_forced(tmp_path):
     mine = tmp_path / "results" / "pos1_labels.tif"
     mine.parent.mkdir()
     mine.write_bytes(b"labels the user made with napari-sam2 track")
-    with pytest.raises(ValueError, match=r"row 1: its output .*pos1_labels\.tif already exists and no batch wrote "
-                                         r"it \(no pos1_labels\.tif\.done\.json beside it\); move it away"):
+    with pytest.raises(ValueError, match=r"row 1: .*pos1_labels\.tif already exists and no batch wrote it \(no "
+                                         r"pos1_labels\.tif\.done\.json beside it\); move it away"):
         check_outputs(rows, tmp_path / "results")
+    mine.rename(mine.with_name("pos1_labels_divisions.csv"))  # the division CSV a batch would replace
+    with pytest.raises(ValueError, match=r"row 1: .*pos1_labels_divisions\.csv already exists and no batch"):
+        check_outputs(rows, tmp_path / "results")
+    mine.with_name("pos1_labels_divisions.csv").rename(mine)
     check_outputs(rows, tmp_path / "results", force=True)
     write_manifest(mine, {"fingerprint": None, "publishing": True})  # a batch's, e.g. cut off while publishing
     check_outputs(rows, tmp_path / "results")
@@ -77,3 +81,24 @@ def test_a_worker_killed_while_publishing_a_folder_never_loses_the_older_one(tmp
     assert not partial.exists() and (aside / "mask000.tif").read_bytes() == b"the older result"
     assert aside.parent == tmp_path and aside.name.startswith(".01_RES.replaced-")
     assert manifest_path(output).exists()  # the publishing marker: the rerun may replace what is there
+
+
+def test_a_publish_that_fails_puts_the_older_folder_back(tmp_path, monkeypatch):
+    output = tmp_path / "01_RES"
+    output.mkdir()
+    (output / "mask000.tif").write_bytes(b"the older result")
+    partial = tmp_path / f"{batch_movie.partial_prefix(output, 'b1')}123-abc"
+    (partial / "01_RES").mkdir(parents=True)
+    replace = batch_movie.os.replace
+
+    def refused(source, target):
+        if Path(source) == partial / "01_RES":
+            raise PermissionError("the new folder cannot be moved (for the test)")
+        replace(source, target)
+
+    monkeypatch.setattr(batch_movie.os, "replace", refused)
+    with pytest.raises(PermissionError):
+        batch_movie._publish(partial, output)
+    monkeypatch.undo()
+    assert (output / "mask000.tif").read_bytes() == b"the older result"
+    assert not list(tmp_path.glob(".01_RES.replaced-*"))

@@ -130,3 +130,37 @@ def test_ctrl_c_cancels_the_running_movie_writes_the_summary_and_a_rerun_resumes
     summary = track_many(rows, tmp_path, threads_client, model=movies["spec"], progress=False)
     assert [line["status"] for line in summary] == ["done", "done"]
     assert tifffile.imread(tmp_path / "long_labels.tif").shape == (LONG_FRAMES, 64, 64)
+
+
+class FakeFuture:
+    """A finished dask future as `_collect` sees it: its status and what `result()` does."""
+
+    def __init__(self, status: str, outcome):
+        self.status, self._outcome = status, outcome
+
+    def result(self, timeout=None):
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+
+@pytest.mark.parametrize(("future", "timeout", "expected"), [
+    (FakeFuture("cancelled", None), None, ("not run", "cancelled: the batch lost its dask scheduler")),
+    (FakeFuture("error", OSError("disk full\nsecond line")), None, ("failed", "disk full second line")),
+    (FakeFuture("finished", TimeoutError()), 5.0, None),  # stopping, its worker gone: left "not run"
+])
+def test_a_finished_task_becomes_its_summary_line(movies, tmp_path, future, timeout, expected):
+    from napari_sam2.batch_progress import BatchProgress
+    from napari_sam2.batch_run import _collect
+    from napari_sam2.batch_sheet import rows_from_records
+
+    (row,) = rows_from_records([movies["row"]], base=tmp_path)
+    results: dict = {}
+    bar = BatchProgress(1, 0, disabled=True)
+    _collect(future, row, tmp_path, results, bar, timeout=timeout)
+    bar.close()
+    got = results.get(row.row)
+    if expected is None:
+        assert got is None
+    else:
+        assert (got["status"], got["error"]) == expected

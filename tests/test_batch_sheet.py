@@ -157,6 +157,9 @@ def test_rows_read_from_a_sheet_keep_their_numbers_when_checked_again(files):
     rows = read_sheet(write_sheet(files, "movie,prompts\nstack.npy,auto\n\nA1/pos1.ome.tif,auto\n"))
     assert [row.row for row in rows] == [1, 3]  # the blank line counted
     assert rows_from_records(rows, base=files) == rows
+    with pytest.raises(SheetError, match=r"^row 3, column 'out': it writes stack_labels\.tif, which clashes with "
+                                         r"row 1's"):  # rows of two sheets share numbers: numbered by position
+        rows_from_records([*rows, *rows], base=files)
     broken = [rows[0], MovieRow(row=3, movie=files / "gone.tif", prompts="auto")]
     with pytest.raises(SheetError, match=r"^row 3, column 'movie'"):
         rows_from_records(broken, base=files)

@@ -173,18 +173,24 @@ def _publish(partial: Path, output: Path) -> None:
     if not (partial / output.name).exists():  # never publish (or delete an earlier good output) for nothing
         raise RuntimeError(f"the run wrote no {output.name} in {partial}")
     write_manifest(output, {"fingerprint": None, "publishing": True})
-    aside = []
-    for name in (proposals_path(output).name, output.name):  # the output last: it exists only when complete
-        source, target = partial / name, output.parent / name
-        if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a non-empty folder
-            aside.append(output.parent / f".{name}.replaced-{uuid.uuid4().hex[:8]}")
-            os.replace(target, aside[-1])
-        elif target.exists() and not source.exists():
-            target.unlink()
-        if source.exists():
-            os.replace(source, target)
-    for folder in aside:
-        shutil.rmtree(folder, ignore_errors=True)
+    aside: list[tuple[Path, Path]] = []  # (older folder's hidden name, its name)
+    try:
+        for name in (proposals_path(output).name, output.name):  # the output last: it exists only when complete
+            source, target = partial / name, output.parent / name
+            if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a non-empty folder
+                aside.append((output.parent / f".{name}.replaced-{uuid.uuid4().hex[:8]}", target))
+                os.replace(target, aside[-1][0])
+            elif target.exists() and not source.exists():
+                target.unlink()
+            if source.exists():
+                os.replace(source, target)
+    except Exception:  # a failed rename (not a killed worker): the older folders go back where they were
+        for hidden, target in aside:
+            if not target.exists():
+                os.replace(hidden, target)
+        raise
+    for hidden, _ in aside:
+        shutil.rmtree(hidden, ignore_errors=True)
 
 
 def partial_prefix(output: Path, batch: str) -> str:

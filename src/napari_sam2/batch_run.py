@@ -9,6 +9,7 @@ and a progress bar over movies that shows the frames of the running ones (worker
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import time
@@ -33,6 +34,7 @@ from .batch_progress import BatchProgress
 from .batch_sheet import AUTO, SUMMARY_NAME
 
 POLL_SECONDS = 0.1  # how often finished movies are looked for
+COLLECT_SECONDS = 5.0  # while stopping: how long a finished movie's summary line is waited for
 WAIT_SECONDS = 2.0  # how often the progress bar asks whether there are workers
 NOT_RUN = "not run"
 
@@ -176,12 +178,12 @@ def _run(todo: list[tuple[Any, ModelSpec, dict[str, Any]]], out: Path, client: A
                 asked = time.monotonic()
     finally:
         try:
-            for future, row in futures.items():  # finished before an interruption: published, so reported
-                if future.done() and row.row not in results:
-                    _collect(future, row, out, results, bar)
             unfinished = [future for future in futures if not future.done()]
             if unfinished:  # interrupted: a shared scheduler must not go on with this batch's movies
                 client.cancel(unfinished)
+            for future, row in futures.items():  # finished before an interruption: published, so reported
+                if future.status in ("finished", "error") and row.row not in results:
+                    _collect(future, row, out, results, bar, timeout=COLLECT_SECONDS)
             client.unsubscribe_topic(TOPIC)
         finally:
             bar.close()
@@ -191,14 +193,23 @@ def _run(todo: list[tuple[Any, ModelSpec, dict[str, Any]]], out: Path, client: A
                 remove_partials(Path(row.output_path(out)), batch)  # workers that died, tasks cancelled
 
 
-def _collect(future: Any, row: Any, out: Path, results: dict[int, dict[str, Any]], bar: BatchProgress) -> None:
-    """The summary line of a finished task: its own, or "failed" with the error that outlived dask's retries."""
+def _collect(future: Any, row: Any, out: Path, results: dict[int, dict[str, Any]], bar: BatchProgress,
+             timeout: float | None = None) -> None:
+    """The summary line of a finished task: its own, "failed" with the error that outlived dask's retries, or
+    "not run" for a task cancelled (its client lost the scheduler). ``timeout``: while stopping, a result that
+    cannot be fetched (its worker gone) leaves the row "not run" rather than waiting for a recomputation."""
     from .cli import _one_line
 
-    try:
-        result = future.result()
-    except Exception as exc:  # noqa: BLE001 - after dask's retries: this movie failed, the others go on
-        result = summary_row(row, "failed", Path(row.output_path(out)), error=_one_line(exc))
+    output = Path(row.output_path(out))
+    if future.status == "cancelled":
+        result = summary_row(row, NOT_RUN, output, error="cancelled: the batch lost its dask scheduler")
+    else:
+        try:
+            result = future.result(timeout=timeout)
+        except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
+            return  # stopping, and not fetched in time: reported "not run"
+        except Exception as exc:  # noqa: BLE001 - after dask's retries: this movie failed, the others go on
+            result = summary_row(row, "failed", output, error=_one_line(exc))
     results[row.row] = result
     bar.finished(row, result)
 
@@ -208,6 +219,8 @@ def check_outputs(rows: list[Any], out: Path, force: bool = False) -> None:
     of any row (publishing it would replace the user's input, e.g. seed labels named ``pos1_labels.tif``), and,
     unless ``force``, an existing output that no batch wrote (no done-marker beside it: the user's own file).
     Linear in the rows: every input and the folders above it are looked up in one table."""
+    from .cli_lineage import proposals_path
+
     root = Path(out).resolve()
     holders: dict[Path, tuple[int, Path]] = {}  # each input and every folder above it -> (row, input)
     for row in rows:
@@ -226,10 +239,11 @@ def check_outputs(rows: list[Any], out: Path, force: bool = False) -> None:
             other, path = holders[output]
             raise ValueError(f"row {row.row}: its output {output} would replace row {other}'s input {path}; "
                              "give the row another 'out' or the batch another --out")
-        if not force and given.exists() and not manifest_path(given).exists():
-            raise ValueError(f"row {row.row}: its output {given} already exists and no batch wrote it (no "
-                             f"{manifest_path(given).name} beside it); move it away, give the row another 'out' "
-                             "or the batch another --out, or pass --force (force=True) to replace it")
+        for written in (given, proposals_path(given)):  # the division CSV is replaced with the output
+            if not force and written.exists() and not manifest_path(given).exists():
+                raise ValueError(f"row {row.row}: {written} already exists and no batch wrote it (no "
+                                 f"{manifest_path(given).name} beside it); move it away, give the row another "
+                                 "'out' or the batch another --out, or pass --force (force=True) to replace it")
 
 
 def _rows(sheet_or_rows: Any) -> list[Any]:

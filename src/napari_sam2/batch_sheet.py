@@ -137,8 +137,9 @@ def read_sheet(path: str | os.PathLike) -> list[MovieRow]:
 def rows_from_records(records: Any, base: str | os.PathLike) -> list[MovieRow]:
     """The rows of a sheet given in Python, with the same checks as :func:`read_sheet`: a pandas DataFrame, or a
     list of dicts (keys as the sheet's columns) and :class:`MovieRow` objects; relative paths are relative to
-    ``base``. A ``MovieRow`` keeps its number (a sheet's row read again is named as in the sheet); other rows
-    are numbered by position (1-based)."""
+    ``base``. ``MovieRow`` objects keep their numbers (a sheet's rows checked again are named as in the sheet)
+    unless two share one (rows of several sheets): then, as other rows, every row is numbered by position
+    (1-based). Row numbers identify the movies of a batch, so they are unique."""
     if hasattr(records, "columns") and hasattr(records, "to_dict"):  # a pandas DataFrame (pandas not needed)
         records = records.to_dict("records")
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
@@ -153,6 +154,8 @@ def rows_from_records(records: Any, base: str | os.PathLike) -> list[MovieRow]:
                              f"{type(record).__name__}")
         _check_columns([str(key).strip().lower() for key in record], f"row {number}", header=False)
         lowered.append((number, {str(key).strip().lower(): value for key, value in record.items()}))
+    if len({number for number, _ in lowered}) < len(lowered):
+        lowered = [(position, record) for position, (_, record) in enumerate(lowered, start=1)]
     return _check_rows(lowered, Path(base).absolute(), "")
 
 
