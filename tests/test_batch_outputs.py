@@ -51,17 +51,23 @@ def test_an_existing_output_no_batch_wrote_is_refused_unless_forced(tmp_path):
     check_outputs(rows, tmp_path / "results")
 
 
+def older_and_new_folders(root: Path) -> tuple[Path, Path]:
+    """An older CTC folder ``root/01_RES`` and a batch's partial folder holding the new one."""
+    output = root / "01_RES"
+    output.mkdir()
+    (output / "mask000.tif").write_bytes(b"the older result")
+    partial = root / f"{batch_movie.partial_prefix(output, 'b1')}123-abc"
+    (partial / "01_RES").mkdir(parents=True)
+    (partial / "01_RES" / "mask000.tif").write_bytes(b"the new result")
+    return output, partial
+
+
 class Killed(BaseException):
     """A worker's end (SIGKILL) in the middle of publishing: no handler of the code runs."""
 
 
 def test_a_worker_killed_while_publishing_a_folder_never_loses_the_older_one(tmp_path, monkeypatch):
-    output = tmp_path / "01_RES"
-    output.mkdir()
-    (output / "mask000.tif").write_bytes(b"the older result")
-    partial = tmp_path / f"{batch_movie.partial_prefix(output, 'b1')}123-abc"
-    (partial / "01_RES").mkdir(parents=True)
-    (partial / "01_RES" / "mask000.tif").write_bytes(b"the new result")
+    output, partial = older_and_new_folders(tmp_path)
     moves = []
     replace = batch_movie.os.replace
 
@@ -84,11 +90,7 @@ def test_a_worker_killed_while_publishing_a_folder_never_loses_the_older_one(tmp
 
 
 def test_a_publish_that_fails_puts_the_older_folder_back(tmp_path, monkeypatch):
-    output = tmp_path / "01_RES"
-    output.mkdir()
-    (output / "mask000.tif").write_bytes(b"the older result")
-    partial = tmp_path / f"{batch_movie.partial_prefix(output, 'b1')}123-abc"
-    (partial / "01_RES").mkdir(parents=True)
+    output, partial = older_and_new_folders(tmp_path)
     replace = batch_movie.os.replace
 
     def refused(source, target):
