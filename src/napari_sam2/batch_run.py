@@ -81,6 +81,7 @@ def track_many(sheet_or_rows: Any, out: str | os.PathLike, client: Any = None, *
     A task that raises is retried ``retries`` times; a bad input is "failed" with a one-line error at once,
     and the others go on. Summary keys: movie, status, frames, objects, seconds, output, error. Ctrl-C
     cancels the unfinished movies, writes the summary (them as "not run") and raises :class:`BatchInterrupted`.
+    While it runs it holds the client's handler of the ``batch_movie.TOPIC`` events (one per client and topic).
     """
     if client is not None and workers is not None:
         raise ValueError("give workers= or client=, not both: workers= sizes the LocalCluster track_many starts "
