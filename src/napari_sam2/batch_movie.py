@@ -136,13 +136,10 @@ def _cancel_check():
     """A function raising :class:`MovieCancelled` once the scheduler has cancelled this task; a no-op outside a
     dask worker. It reads the worker's own task state (no message to the scheduler): dask cannot stop a running
     task, so without it a movie cancelled on a shared scheduler would run to its end."""
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-        key = worker.get_current_task()
-    except (ImportError, ValueError):
+    worker = _this_worker()
+    if worker is None:
         return lambda: None
+    key = worker.get_current_task()
 
     def check() -> None:
         task = worker.state.tasks.get(key)
@@ -216,11 +213,8 @@ def summary_row(row: Any, status: str, output: Path, *, frames: int | None = Non
 def _emitter(batch: str, row: Any):
     """A function sending ``(event, done, total)`` of this movie to the client as a dask worker event; a no-op
     outside a dask worker (the task run as a plain function)."""
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):
+    worker = _this_worker()
+    if worker is None:
         return lambda event, done, total: None
     base = {"batch": batch, "row": row.row, "movie": str(row.movie), "pid": os.getpid(), "worker": worker.address}
 
@@ -228,3 +222,13 @@ def _emitter(batch: str, row: Any):
         worker.log_event(TOPIC, {**base, "event": event, "done": done, "total": total})
 
     return emit
+
+
+def _this_worker() -> Any:
+    """The dask worker running this task, or None (no dask, or the task run as a plain function)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None

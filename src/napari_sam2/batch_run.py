@@ -1,6 +1,6 @@
 """Many movies on a dask.distributed cluster: :func:`track_many`, one task per movie, resumable.
 
-The scheduling, retries and worker restarts are dask's (``Client.submit(retries=)``, ``distributed.wait``; a
+The scheduling, retries and worker restarts are dask's (``Client.submit(retries=)``, ``as_completed``; a
 task whose worker died is re-run elsewhere, up to ``distributed.scheduler.allowed-failures`` times). What is
 ours: skipping movies already done (a manifest beside each output holds its row's fingerprint), the summary,
 and a progress bar over movies that shows the frames of the running ones (worker events, see
